@@ -1,0 +1,101 @@
+"""Scaled weight-standardised convolution (NFNets §3 eq. 2, App. C).
+
+Ŵ = γ_conv · gain · (W − mean) / sqrt(N · var), per output channel over the fan-in axes (H, W, I)
+of the HWIO kernel, N = kh·kw·I/groups. The standardised kernel is computed at call time from
+the stored raw kernel, so gradients flow through the standardisation (unlike ``nnx.WeightNorm``,
+which rewrites the kernel in place).
+
+Two epsilon conventions (see shared/reference/library-notes.md §1a):
+- ``"deepmind"``: ``rsqrt(max(N·var, 1e-4))`` (deepmind-research/nfnets `base.WSConv2D`);
+- ``"timm"``: ``rsqrt(N·(var + 1e-5))`` (timm `ScaledStdConv2d`, eps on the variance).
+They agree for well-scaled kernels and diverge for small-variance ones (weight decay's regime).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from study.models import macs
+from study.models.layers import pool_pads
+
+WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
+
+
+def standardize(kernel: jax.Array, gain: jax.Array, eps_style: str, gamma: float = 1.0) -> jax.Array:
+    """Returns the scaled, standardised HWIO kernel (computed in float32)."""
+    w = kernel.astype(jnp.float32)
+    fan_in = math.prod(w.shape[:-1])
+    mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+    if eps_style == "deepmind":
+        inv = jax.lax.rsqrt(jnp.maximum(var * fan_in, WS_EPS["deepmind"]))
+    elif eps_style == "timm":
+        inv = jax.lax.rsqrt((var + WS_EPS["timm"]) * fan_in)
+    else:
+        raise ValueError(f"ws_eps: unknown {eps_style!r}; valid: deepmind, timm")
+    scale = inv * (gain.astype(jnp.float32) * gamma)
+    return w * scale - mean * scale
+
+
+def conv2d(
+    x: jax.Array, w: jax.Array, stride: int, padding: str, groups: int = 1
+) -> jax.Array:
+    """NHWC × HWIO convolution with 'same' (TF) or 'symmetric' (PyTorch) padding; counts MACs."""
+    kh = w.shape[0]
+    pads = pool_pads(x.shape, kh, stride, padding)[1:3]
+    out = jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), (stride, stride), pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+    macs.record(out.shape[1] * out.shape[2] * math.prod(w.shape))
+    return out
+
+
+class WSConv2d(nnx.Module):
+    """Weight-standardised conv with a learnable per-channel gain and a bias.
+
+    ``gamma`` multiplies the standardised kernel: 1 when the activation carries its γ
+    (DeepMind, timm ``dm_*``), the activation's γ when timm folds it into the conv
+    (``gamma_in_act=False``). ``gain_init=0`` zero-initialises the gain (timm's alternative to
+    SkipInit).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1,
+        padding: str = "same", eps_style: str = "deepmind", gamma: float = 1.0,
+        gain_init: float = 1.0, rngs: nnx.Rngs,
+    ):
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"groups: {groups} does not divide channels {in_ch}->{out_ch}")
+        shape = (kernel, kernel, in_ch // groups, out_ch)
+        # Fan-in init as the official code; WS makes the choice largely irrelevant.
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+        self.gain = nnx.Param(jnp.full((out_ch,), gain_init, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
+        self.stride, self.groups, self.padding = stride, groups, padding
+        self.eps_style, self.gamma = eps_style, gamma
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = standardize(self.kernel[...], self.gain[...], self.eps_style, self.gamma)
+        out = conv2d(x, w, self.stride, self.padding, self.groups)
+        return out + self.bias[...].astype(out.dtype)
+
+
+class Conv2d(nnx.Module):
+    """Plain conv without bias (the BatchNorm ResNet's), He-normal init."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding: str = "same",
+        rngs: nnx.Rngs,
+    ):
+        init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, in_ch, out_ch), jnp.float32))
+        self.stride, self.padding = stride, padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv2d(x, self.kernel[...], self.stride, self.padding)
