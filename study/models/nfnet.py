@@ -28,7 +28,7 @@ from flax import nnx
 
 from study.models.activations import GAMMA
 from study.models.activations import activation as make_activation
-from study.models.layers import Linear, StochasticDepth, avg_pool_2x2, max_pool_3x3
+from study.models.layers import Linear, normal_init, StochasticDepth, avg_pool_2x2, max_pool_3x3
 from study.models.squeeze_excite import SqueezeExcite
 from study.models.ws_conv import WSConv2d
 
@@ -225,7 +225,7 @@ class NormFreeNet(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.head = Linear(
             ch, cfg.num_classes,
-            kernel_init=jax.nn.initializers.normal(cfg.fc_init_std), rngs=rngs,
+            kernel_init=normal_init(cfg.fc_init_std), rngs=rngs,
         )
         self.num_features = ch
 

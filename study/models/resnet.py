@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models.activations import activation as make_activation
-from study.models.layers import Linear, max_pool_3x3
+from study.models.layers import Linear, normal_init, max_pool_3x3
 from study.models.ws_conv import Conv2d
 
 
@@ -90,7 +90,7 @@ class ResNet(nnx.Module):
         self.stages = nnx.List(stages)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.head = Linear(
-            ch, cfg.num_classes, kernel_init=jax.nn.initializers.normal(cfg.fc_init_std), rngs=rngs
+            ch, cfg.num_classes, kernel_init=normal_init(cfg.fc_init_std), rngs=rngs
         )
         self.num_features = ch
 

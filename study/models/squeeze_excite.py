@@ -22,10 +22,9 @@ class SqueezeExcite(nnx.Module):
         gelu_approximate: bool = True, rngs: nnx.Rngs,
     ):
         hidden = max(1, int(channels * ratio))
-        # Haiku's default Linear init: truncated normal with std 1/sqrt(fan_in) ("LeCun").
-        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        self.fc1 = Linear(channels, hidden, kernel_init=init, rngs=rngs)
-        self.fc2 = Linear(hidden, channels, kernel_init=init, rngs=rngs)
+        # Haiku's default Linear init, std 1/sqrt(fan_in) (the Linear default here).
+        self.fc1 = Linear(channels, hidden, rngs=rngs)
+        self.fc2 = Linear(hidden, channels, rngs=rngs)
         self.act = make_activation(activation, gelu_approximate=gelu_approximate, gamma=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:

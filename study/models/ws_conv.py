@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models import macs
-from study.models.layers import pool_pads
+from study.models.layers import constant_init, normal_init, pool_pads
 
 WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
 
@@ -73,10 +73,9 @@ class WSConv2d(nnx.Module):
             raise ValueError(f"groups: {groups} does not divide channels {in_ch}->{out_ch}")
         shape = (kernel, kernel, in_ch // groups, out_ch)
         # Fan-in init as the official code; WS makes the choice largely irrelevant.
-        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
-        self.gain = nnx.Param(jnp.full((out_ch,), gain_init, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
+        self.kernel = nnx.Param(normal_init(scale=1.0)(rngs.params(), shape))
+        self.gain = nnx.Param(constant_init(gain_init)(None, (out_ch,)))
+        self.bias = nnx.Param(constant_init(0.0)(None, (out_ch,)))
         self.stride, self.groups, self.padding = stride, groups, padding
         self.eps_style, self.gamma = eps_style, gamma
 
@@ -93,8 +92,9 @@ class Conv2d(nnx.Module):
         self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding: str = "same",
         rngs: nnx.Rngs,
     ):
-        init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, in_ch, out_ch), jnp.float32))
+        shape = (kernel, kernel, in_ch, out_ch)
+        std = math.sqrt(2.0 / (kernel * kernel * out_ch))  # He normal, fan-out (torchvision)
+        self.kernel = nnx.Param(normal_init(std)(rngs.params(), shape))
         self.stride, self.padding = stride, padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
