@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -33,6 +34,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    from study import config as config_lib
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    try:
+        layers = [config_lib.load_file(args.config)] if args.config else []
+        cfg = config_lib.resolve(*layers, config_lib.parse_set(args.set))
+        from study.train import train
+
+        result = train(args.workdir, cfg)
+    except (config_lib.ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: result.get(k) for k in ("status", "steps", "top1", "top5", "ema_top1",
+                                                  "step_time_ms")}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from study import __version__
 
@@ -44,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", action="store_true",
                    help="also count parameters and MACs at the test resolution (abstractly)")
     p.set_defaults(func=_models)
+    from study import config as config_lib
+
+    p = sub.add_parser("train", help="train (or resume) one run",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=config_lib.help_text())
+    p.add_argument("--workdir", required=True, help="run directory (relaunch to resume)")
+    p.add_argument("--config", help="YAML file of config keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key (repeatable); model knobs as model.<knob>=value")
+    p.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
 
