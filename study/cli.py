@@ -42,6 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
     try:
         layers = [config_lib.load_file(args.config)] if args.config else []
         cfg = config_lib.resolve(*layers, config_lib.parse_set(args.set))

@@ -86,9 +86,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            value = yaml.safe_load(v)
         except yaml.YAMLError:
             raise ConfigError(f"{k}: cannot parse value {v!r}") from None
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e4 as a string; a number was meant
+                value = float(value)
+            except ValueError:
+                pass
+        out[k.strip()] = value
     return out
 
 

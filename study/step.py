@@ -1,14 +1,16 @@
 """The jitted training and evaluation steps, functional over a plain pytree state.
 
 State: ``params`` (nnx.Param), ``rest`` (everything else in the model: dropout RNG streams,
-BatchNorm statistics), ``opt`` (optax state), ``ema`` (EMA of the params) and ``step``. Gradient accumulation scans over ``accum_steps`` micro-batches and
-averages their gradients before AGC sees them, so 4×64 is the 256 batch's gradient exactly
+BatchNorm statistics), ``opt`` (optax state), ``ema`` (EMA of the params) and ``step``.
+Gradient accumulation runs ``accum_steps`` micro-batches and averages their gradients
+before AGC sees them, so 4×64 is the 256 batch's gradient exactly
 (for models without batch statistics). Under a data-parallel mesh the batch axis is sharded
 and XLA sums the gradients across devices before AGC, as the official code's ``psum``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -53,18 +55,17 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: dict, batch: dict) -> tuple[dict, dict]:
+    @jax.jit
+    def micro_step(params, rest, gsum, lsum, csum, x, y):
+        (loss, (rest, correct)), g = grad_fn(params, rest, x, y)
+        if gsum is not None:
+            g = jax.tree.map(jnp.add, gsum, g)
+            loss, correct = lsum + loss, csum + correct
+        return rest, g, loss, correct
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def apply_step(state, rest, gsum, lsum, csum, accum, examples):
         params = state["params"]
-        accum = batch["image"].shape[0]
-
-        def micro(carry, mb):
-            rest, gsum, lsum, csum = carry
-            (loss, (rest, correct)), g = grad_fn(params, rest, mb["image"], mb["label"])
-            return (rest, jax.tree.map(jnp.add, gsum, g), lsum + loss, csum + correct), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        init = (state["rest"], zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (rest, gsum, lsum, csum), _ = jax.lax.scan(micro, init, batch)
         grads = jax.tree.map(lambda g: g / accum, gsum)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = optax.apply_updates(params, updates)
@@ -79,11 +80,28 @@ def make_train_step(
             "lr": lr(state["step"]),
             "grad_norm": optax.global_norm(grads),
             "clip_fraction": clipped_fraction(agc[0]) if agc else jnp.zeros(()),
-            "train_top1": csum / (accum * batch["label"].shape[1]),
+            "train_top1": csum / examples,
             "params_finite": finite,
         }
         new_state = dict(params=new_params, rest=rest, opt=opt, ema=ema, step=state["step"] + 1)
         return new_state, metrics
+
+    def step(state: dict, batch: dict, sharding: Any = None) -> tuple[dict, dict]:
+        """One optimizer step on ``batch`` (host arrays shaped (accum, micro, ...)).
+
+        Micro-batches run one jitted gradient call each and their gradients are summed on the
+        device, then averaged once: a Python loop rather than ``lax.scan``, because XLA:CPU runs
+        convolutions inside a while loop about 8× slower (measured: 858 vs 108 ms per step).
+        """
+        accum = batch["image"].shape[0]
+        rest, gsum, lsum, csum = state["rest"], None, None, None
+        for i in range(accum):
+            x, y = batch["image"][i], batch["label"][i]
+            if sharding is not None:
+                x, y = jax.device_put(x, sharding), jax.device_put(y, sharding)
+            rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y)
+        return apply_step(state, rest, gsum, lsum, csum, float(accum),
+                          float(accum * batch["label"].shape[1]))
 
     return step
 

@@ -95,8 +95,7 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
 
     # Data parallel over every device: the batch axis is sharded, the state replicated.
     mesh = jax.make_mesh((n_dev,), ("data",))
-    batch_sharding = NamedSharding(mesh, P(None, "data"))
-    eval_sharding = NamedSharding(mesh, P("data"))
+    batch_sharding = eval_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
     it = input_pipeline.iterator(data)
@@ -115,9 +114,9 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
     rundir.write_json(workdir / "result.json", {"status": "running", "steps": start, "total_steps": total})
 
     common = dict(mean=data.mean, std=data.std, dtype=dtype)
-    train_step = jax.jit(make_train_step(
+    train_step = make_train_step(
         g_train, tx, lr, num_classes=data.num_classes, label_smoothing=cfg["label_smoothing"],
-        ema_decay=cfg["ema_decay"], **common), donate_argnums=0)
+        ema_decay=cfg["ema_decay"], **common)
     eval_step = jax.jit(make_eval_step(g_eval, **common))
     signals = _Signals()
     show = sys.stderr.isatty() if progress is None else progress
@@ -144,9 +143,9 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
     step = start
     window_t, window_n = time.perf_counter(), 0
     while step < total:
-        batch = jax.device_put(next(it), batch_sharding)
+        batch = next(it)
         t0 = time.perf_counter()
-        state, m = train_step(state, batch)
+        state, m = train_step(state, batch, batch_sharding)
         m = jax.device_get(m)
         dt = time.perf_counter() - t0
         if compile_s is None:
