@@ -57,6 +57,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency(args: argparse.Namespace) -> int:
+    from study import latency
+
+    try:
+        out = latency.measure(args.model, batch=args.batch, resolution=args.resolution,
+                              steps=args.steps, dtype=args.dtype)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from study import __version__
 
@@ -78,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key (repeatable); model knobs as model.<knob>=value")
     p.set_defaults(func=_train)
+    p = sub.add_parser("latency", help="training-step latency by the paper's protocol (App. A.2)")
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=None, help="default: the model's train resolution")
+    p.add_argument("--steps", type=int, default=20, help="timed steady-state steps")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.set_defaults(func=_latency)
     args = parser.parse_args(argv)
     return args.func(args)
 

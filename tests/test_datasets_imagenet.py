@@ -193,7 +193,8 @@ def test_array_record_layout_matches_the_folder(tree, tmp_path_factory):
     paths, labels = imagenet.list_folder("train", tree)
     # two shards, as TFDS writes them
     for shard, idx in enumerate((range(0, 5), range(5, 9))):
-        w = ArrayRecordWriter(str(out / f"imagenet2012-train.array_record-{shard:05d}-of-00002"), "group_size:1")
+        name = f"imagenet2012-train.array_record-{shard:05d}-of-00002"
+        w = ArrayRecordWriter(str(out / name), "group_size:1")
         for i in idx:
             data = open(paths[i], "rb").read()
             w.write(example({"image": f_bytes(data), "label": f_int64(int(labels[i])),
