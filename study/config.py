@@ -26,9 +26,15 @@ class Key:
 # The defaults are the local scale's: they reach ≥ 0.88 Fashion-MNIST test top-1 on 2 CPU cores.
 KEYS: dict[str, Key] = {
     "model": Key("nf-resnet-nano", "registry name (study models)", str),
-    "dataset": Key("fashion_mnist", "fashion_mnist | synthetic", str),
+    "dataset": Key("fashion_mnist", "fashion_mnist | cifar10 | imagenet | synthetic", str),
     "data_dir": Key(None, "dataset directory (default: the dataset's own)", (str, type(None))),
-    "image_size": Key(28, "train/eval resolution (synthetic data)", int),
+    "imagenet_layout": Key("folder", "folder (train/<class>/*.JPEG) | array_record (TFDS)", str),
+    "image_size": Key(0, "ImageNet train resolution (0: the model's); synthetic image size", int),
+    "eval_image_size": Key(0, "ImageNet eval resolution (0: the model's test resolution)", int),
+    "mixup_cutmix": Key(False, "MixUp on half the batch, CutMix on the other (paper A.3)", bool),
+    "mix_alpha": Key(0.2, "MixUp Beta(α, α)", (int, float)),
+    "randaugment": Key(None, "[layers, magnitude] (F0: [4, 5]), after mixing; null: off", (list, type(None))),
+    "data_workers": Key(0, "grain worker processes for decoding (ImageNet)", int),
     "num_classes": Key(10, "classes (synthetic data; real datasets set their own)", int),
     "synthetic_size": Key(2048, "examples in the synthetic train set", int),
     "batch_size": Key(256, "global batch size per optimizer step", int),
@@ -137,11 +143,11 @@ def validate(cfg: dict[str, Any]) -> None:
     from study import models
 
     pos = ["batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-           "eval_batch_size", "image_size", "num_classes", "synthetic_size"]
+           "eval_batch_size", "num_classes", "synthetic_size"]
     for k in pos:
         if cfg[k] < 1:
             raise ConfigError(f"{k}: must be >= 1, got {cfg[k]}")
-    for k in ["steps", "eval_every"]:
+    for k in ["steps", "eval_every", "image_size", "eval_image_size", "data_workers"]:
         if cfg[k] < 0:
             raise ConfigError(f"{k}: must be >= 0, got {cfg[k]}")
     for k in ["base_lr", "agc_clipping", "agc_eps", "loss_bound"]:
@@ -156,8 +162,20 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"ema_decay: must be in [0, 1), got {cfg['ema_decay']}")
     if not 0 <= cfg["label_smoothing"] < 1:
         raise ConfigError(f"label_smoothing: must be in [0, 1), got {cfg['label_smoothing']}")
-    if cfg["dataset"] not in ("fashion_mnist", "synthetic"):
-        raise ConfigError(f"dataset: unknown {cfg['dataset']!r}; valid: fashion_mnist, synthetic")
+    if cfg["dataset"] not in ("fashion_mnist", "cifar10", "imagenet", "synthetic"):
+        raise ConfigError(
+            f"dataset: unknown {cfg['dataset']!r}; valid: fashion_mnist, cifar10, imagenet, synthetic"
+        )
+    if cfg["imagenet_layout"] not in ("folder", "array_record"):
+        raise ConfigError(f"imagenet_layout: unknown {cfg['imagenet_layout']!r}; valid: folder, array_record")
+    ra = cfg["randaugment"]
+    if ra is not None and not (len(ra) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                   and v >= 0 for v in ra)):
+        raise ConfigError(f"randaugment: expected [layers, magnitude] of integers >= 0, got {ra!r}")
+    if not (math.isfinite(cfg["mix_alpha"]) and cfg["mix_alpha"] > 0):
+        raise ConfigError(f"mix_alpha: must be a finite number > 0, got {cfg['mix_alpha']}")
+    if cfg["mixup_cutmix"] and (cfg["batch_size"] % 2):
+        raise ConfigError(f"batch_size: MixUp/CutMix needs an even batch, got {cfg['batch_size']}")
     if cfg["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype: unknown {cfg['dtype']!r}; valid: float32, bfloat16")
     if cfg["agc_granularity"] not in ("unit", "layer"):

@@ -42,13 +42,15 @@ def make_train_step(
     graphdef: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *, num_classes: int,
     label_smoothing: float, ema_decay: float, mean: tuple, std: tuple, dtype: Any = jnp.float32,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
-    def loss_fn(params, rest, x, y):
+    def loss_fn(params, rest, x, y, dist):
         # Rebuild the Variables at this trace level: the dropout RNG counters are mutated here,
         # and NNX refuses to mutate Variables created at the enclosing jit/scan level.
         rest = jax.tree.map(lambda v: v, rest)
         model = nnx.merge(graphdef, params, rest)
         logits = model(_normalize(x, mean, std, dtype)).astype(jnp.float32)
-        targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), label_smoothing)
+        # Smoothing after MixUp/CutMix label mixing, as the official `_loss_fn`.
+        hard = jax.nn.one_hot(y, num_classes) if dist is None else dist
+        targets = optax.smooth_labels(hard, label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         return loss, (nnx.state(model, nnx.Not(nnx.Param)), correct)
@@ -56,8 +58,8 @@ def make_train_step(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @jax.jit
-    def micro_step(params, rest, gsum, lsum, csum, x, y):
-        (loss, (rest, correct)), g = grad_fn(params, rest, x, y)
+    def micro_step(params, rest, gsum, lsum, csum, x, y, dist):
+        (loss, (rest, correct)), g = grad_fn(params, rest, x, y, dist)
         if gsum is not None:
             g = jax.tree.map(jnp.add, gsum, g)
             loss, correct = lsum + loss, csum + correct
@@ -97,13 +99,23 @@ def make_train_step(
         rest, gsum, lsum, csum = state["rest"], None, None, None
         for i in range(accum):
             x, y = batch["image"][i], batch["label"][i]
+            dist = batch["label_dist"][i] if "label_dist" in batch else None
             if sharding is not None:
-                x, y = jax.device_put(x, sharding), jax.device_put(y, sharding)
-            rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y)
+                x, y, dist = (put(v, sharding) for v in (x, y, dist))
+            rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
         examples = sum(batch["label"][i].shape[0] for i in range(accum))
         return apply_step(state, rest, gsum, lsum, csum, float(accum), float(examples))
 
     return step
+
+
+def put(x: Any, sharding: Any) -> Any:
+    """Host array → device array; with several processes each passes its own share."""
+    if x is None:
+        return None
+    if jax.process_count() > 1:
+        return jax.make_array_from_process_local_data(sharding, x)
+    return jax.device_put(x, sharding)
 
 
 def make_eval_step(graphdef: Any, *, mean: tuple, std: tuple, dtype: Any = jnp.float32) -> Callable:

@@ -44,22 +44,38 @@ class _Signals:
         self.received = signum
 
 
-def evaluate(eval_step, params, rest, images, labels, batch: int, sharding) -> tuple[float, float]:
-    c1 = c5 = 0
-    for i in range(0, len(labels), batch):
-        x, y = images[i:i + batch], labels[i:i + batch]
-        if len(y) < batch:  # pad to a full batch with labels that never match
+def evaluate(eval_step, params, rest, data, batch: int, sharding) -> tuple[float, float]:
+    """Top-1 and top-5 over the whole eval split (every process sees all of it)."""
+    c1 = c5 = n = 0
+    for b in input_pipeline.eval_batches(data):
+        x, y = np.asarray(b["image"]), np.asarray(b["label"], np.int32)
+        n += len(y)
+        if len(y) < batch:  # pad to a full batch (one compiled shape) with labels that never match
             pad = batch - len(y)
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.full((pad,), -1, y.dtype)])
-        a, b = eval_step(params, rest, jax.device_put(x, sharding), jax.device_put(y, sharding))
-        c1, c5 = c1 + int(a), c5 + int(b)
-    return c1 / len(labels), c5 / len(labels)
+        a, b5 = eval_step(params, rest, jax.device_put(x, sharding), jax.device_put(y, sharding))
+        c1, c5 = c1 + int(a), c5 + int(b5)
+    return c1 / n, c5 / n
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host: inside a SLURM step with several tasks, join the JAX cluster.
+
+    ``jax.distributed.initialize()`` reads SLURM's variables and binds one GPU per task
+    (library-notes §2d), so launch one task per GPU.
+    """
+    import os
+
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
 
 
 def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns what it writes to ``result.json``."""
     workdir = Path(workdir)
+    maybe_initialize_distributed()
     # Everything that can reject the config happens before the run directory is touched.
     n_dev = jax.device_count()
     micro = cfg["batch_size"] // cfg["accum_steps"]
@@ -77,7 +93,15 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
         if previous.get("status") in ("done", "diverged"):
             log.info("%s already %s; nothing to train", workdir, previous["status"])
             return previous
-    data = input_pipeline.build(cfg)
+    preset = models.PRESETS[cfg["model"]]
+    data = input_pipeline.build(
+        cfg, cfg["image_size"] or preset.train_resolution,
+        cfg["eval_image_size"] or preset.test_resolution,
+    )
+    if cfg["eval_batch_size"] % n_dev:
+        raise config_lib.ConfigError(
+            f"eval_batch_size: {cfg['eval_batch_size']} is not divisible by the {n_dev} devices"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = data.train_size / cfg["batch_size"]
     total = cfg["steps"] or max(1, math.ceil(cfg["epochs"] * steps_per_epoch))
@@ -85,8 +109,9 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
     dtype = jnp.bfloat16 if cfg["dtype"] == "bfloat16" else jnp.float32
 
     # Model, optimizer and state.
+    overrides = {"in_channels": data.channels, **cfg["model_overrides"]}
     model = models.create(cfg["model"], rngs=nnx.Rngs(params=cfg["seed"], dropout=cfg["seed"] + 1),
-                          num_classes=data.num_classes, **cfg["model_overrides"])
+                          num_classes=data.num_classes, **overrides)
     g_train, g_eval, params, rest = split_model(model)
     lr = optim.schedule(cfg, steps_per_epoch, total)
     tx = optim.optimizer(cfg, lr)
@@ -177,10 +202,10 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step % eval_every == 0 or step == total:
-            top1, top5 = evaluate(eval_step, state["params"], state["rest"], data.eval_images,
-                                  data.eval_labels, cfg["eval_batch_size"], eval_sharding)
-            ema1, _ = evaluate(eval_step, state["ema"], state["rest"], data.eval_images,
-                               data.eval_labels, cfg["eval_batch_size"], eval_sharding)
+            top1, top5 = evaluate(eval_step, state["params"], state["rest"], data,
+                                  cfg["eval_batch_size"], eval_sharding)
+            ema1, _ = evaluate(eval_step, state["ema"], state["rest"], data,
+                               cfg["eval_batch_size"], eval_sharding)
             metrics.write({"step": step, "epoch": step / steps_per_epoch, "kind": "eval",
                            "top1": top1, "top5": top5, "ema_top1": ema1})
             log.info("eval step %d: top1 %.4f top5 %.4f ema_top1 %.4f", step, top1, top5, ema1)

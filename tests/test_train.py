@@ -197,3 +197,58 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
     a, b = rows(tmp_path / "one"), rows(tmp_path / "four")
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-4)
+
+
+def make_jpeg_tree(root: Path, classes=("cat", "dog", "eel"), train=8, val=3) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(40, 90, size=2)
+                img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{i}.JPEG", quality=90)
+
+
+def test_imagenet_folder_with_mixup_cutmix_randaugment_and_workers(tmp_path):
+    make_jpeg_tree(tmp_path / "inet")
+    study(tmp_path / "run", "dataset=imagenet", f"data_dir={tmp_path / 'inet'}", "model=nfnet-nano",
+          "image_size=32", "eval_image_size=32", "steps=4", "batch_size=8", "eval_every=2",
+          "eval_batch_size=4", "mixup_cutmix=true", "randaugment=[2, 9]", "data_workers=2",
+          "accum_steps=2")
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "done" and result["steps"] == 4
+    evals = rows(tmp_path / "run", "eval")
+    assert len(evals) == 2 and all(0 <= r["top1"] <= 1 for r in evals)
+    cfg = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert cfg["device_count"] >= 1
+
+
+def test_batchnorm_resnet_trains_and_resumes_with_its_statistics(tmp_path):
+    sets = [*SMOKE[:-1], "model=resnet-nano", "steps=40", "checkpoint_every=20", "eval_every=20"]
+    study(tmp_path / "bn", *sets)
+    state = final_state(tmp_path / "bn")
+    stats = jax.tree.leaves(state["rest"]["stem_bn"]["mean"])[0]
+    assert np.abs(np.asarray(stats)).sum() > 0  # running statistics updated and checkpointed
+    result = json.loads((tmp_path / "bn" / "result.json").read_text())
+    # Eval mode uses the running statistics; chance is 0.1 on this 10-class task.
+    assert result["status"] == "done" and result["top1"] > 0.3, result
+
+
+def test_cifar10_pickles(tmp_path):
+    import pickle
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, 20))}
+        (d / name).write_bytes(pickle.dumps(batch))
+    study(tmp_path / "run", "dataset=cifar10", f"data_dir={d}", "steps=3", "batch_size=10",
+          "eval_batch_size=20", "eval_every=3")
+    env = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert env["dataset"] == "cifar10"
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "done"
