@@ -5,12 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-slow clean help
+SCALE ?= local
+BACKEND ?= local
+RUNS_DIR ?= runs
+
+.PHONY: setup data test test-slow clean help ablation-agc
 
 help:
 	@echo "make setup     virtual env with the locked dependencies (+ Fashion-MNIST via apt)"
 	@echo "make test      the test suite (minutes)"
 	@echo "make test-slow the long checks marked slow"
+	@echo "make ablation-agc [SCALE=smoke|local|paper] [RUNS_DIR=runs]  Figure 2a grid + results table"
 
 setup: $(STAMP) data
 
@@ -35,6 +40,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# A grid: train what is missing (a finished grid trains nothing), then gather the table.
+ablation-agc: setup
+	$(BIN)/study grid run ablations/agc.yaml --scale $(SCALE) --backend $(BACKEND) --runs-dir $(RUNS_DIR)
+	$(BIN)/study results ablations/agc.yaml --scale $(SCALE) --runs-dir $(RUNS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -70,6 +70,57 @@ def _latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(args: argparse.Namespace) -> int:
+    from study import grid as grid_lib
+    from study import launch
+
+    try:
+        g = grid_lib.load(args.file, args.scale)
+    except grid_lib.GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.action == "run":
+        launch.run_local(g, args.runs_dir, jobs=args.jobs)
+        args.action = "status"
+    if args.action in ("show", "status"):
+        print(f"{g.name} ({g.scale}): {len(g.runs)} runs" + (f" — {g.header.splitlines()[0]}" if g.header else ""))
+        keys = sorted({k for r in g.runs for k in r.varied})
+        head = f"{'run_id':12}  {'label':12} " + " ".join(f"{k:>12}" for k in keys) + f" {'seed':>5}"
+        if args.action == "status":
+            head += f"  {'status':11} {'top1':>7}"
+        print(head)
+        counts: dict[str, int] = {}
+        for r in g.runs:
+            line = f"{r.run_id:12}  {r.label:12} " + " ".join(
+                f"{str(r.varied.get(k, '')):>12}" for k in keys) + f" {r.config['seed']:>5}"
+            if args.action == "status":
+                st = launch.status(r, args.runs_dir)
+                counts[st] = counts.get(st, 0) + 1
+                top1 = ""
+                if st in ("done", "diverged"):
+                    t = json.loads((r.directory(args.runs_dir) / "result.json").read_text()).get("top1")
+                    top1 = f"{t:.4f}" if t is not None else "-"
+                line += f"  {st:11} {top1:>7}"
+            print(line)
+        if counts:
+            print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from study import grid as grid_lib
+    from study import results
+
+    try:
+        g = grid_lib.load(args.file, args.scale)
+    except grid_lib.GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    df, out = results.write(g, args.runs_dir)
+    print(f"{len(df)} runs ({(df['status'] == 'done').sum()} done) -> {out}/results.parquet, results.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from study import __version__
 
@@ -91,6 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key (repeatable); model knobs as model.<knob>=value")
     p.set_defaults(func=_train)
+    gp = sub.add_parser("grid", help="ablation grids: show, status, run")
+    gsub = gp.add_subparsers(dest="action", required=True)
+    for action, text in (("show", "print the runs without launching"),
+                         ("status", "done / running / diverged / failed / missing per run"),
+                         ("run", "train what is missing, resume what is partial")):
+        q = gsub.add_parser(action, help=text)
+        q.add_argument("file")
+        q.add_argument("--scale", default="local", help="smoke | local | paper")
+        q.add_argument("--runs-dir", default="runs", help="root of the run directories")
+        if action == "run":
+            q.add_argument("--backend", choices=("local",), default="local")
+            q.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by cores/memory)")
+        q.set_defaults(func=_grid)
+    p = sub.add_parser("results", help="gather a grid's runs into results.parquet / .csv")
+    p.add_argument("file")
+    p.add_argument("--scale", default="local")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=_results)
     p = sub.add_parser("latency", help="training-step latency by the paper's protocol (App. A.2)")
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=32)

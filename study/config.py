@@ -120,8 +120,12 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def resolve(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Defaults updated by each layer in turn, validated. Returns a plain dict."""
+def resolve(*layers: dict[str, Any], check_paths: bool = True) -> dict[str, Any]:
+    """Defaults updated by each layer in turn, validated. Returns a plain dict.
+
+    ``check_paths=False`` skips checks of the local file system (a grid for a cluster is
+    expanded on a machine without its data).
+    """
     cfg: dict[str, Any] = {k: v.default for k, v in KEYS.items()}
     model_kw: dict[str, Any] = {}
     for layer in layers:
@@ -135,11 +139,11 @@ def resolve(*layers: dict[str, Any]) -> dict[str, Any]:
             else:
                 raise ConfigError(f"{key}: unknown key (study train --help lists them)")
     cfg["model_overrides"] = dict(sorted(model_kw.items()))
-    validate(cfg)
+    validate(cfg, check_paths=check_paths)
     return cfg
 
 
-def validate(cfg: dict[str, Any]) -> None:
+def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
     from study import models
 
     pos = ["batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -186,7 +190,7 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"batch_size: {cfg['batch_size']} is not divisible by accum_steps {cfg['accum_steps']}"
         )
-    if cfg["data_dir"] is not None and not os.path.isdir(cfg["data_dir"]):
+    if check_paths and cfg["data_dir"] is not None and not os.path.isdir(cfg["data_dir"]):
         raise ConfigError(f"data_dir: {cfg['data_dir']} is not a directory")
     try:
         models.resolve(cfg["model"], **cfg["model_overrides"])

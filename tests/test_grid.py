@@ -1,0 +1,130 @@
+"""Grid files: expansion, identity, malformed files, idempotent local launch, results table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study import grid
+
+GOOD = """# A tiny grid.
+# Launch: study grid run THIS --scale smoke
+name: tiny
+base: {dataset: synthetic, synthetic_size: 256, steps: 3, batch_size: 16, log_every: 1,
+       eval_batch_size: 64}
+blocks:
+  - label: nf
+    axes: {agc: [true, false]}
+  - label: bn
+    set: {model: resnet-nano, agc: false}
+seeds: [0]
+scales:
+  smoke: {}
+  local: {base: {steps: 5}}
+"""
+
+
+def write(tmp_path, text, name="g.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_expansion_identity_and_scales(tmp_path):
+    g = grid.load(write(tmp_path, GOOD), "smoke")
+    assert [r.label for r in g.runs] == ["nf", "nf", "bn"]
+    assert g.header.startswith("A tiny grid.")
+    ids = [r.run_id for r in g.runs]
+    assert len(set(ids)) == 3
+    assert grid.load(write(tmp_path, GOOD), "smoke").runs[0].run_id == ids[0]  # stable hash
+    assert grid.load(write(tmp_path, GOOD), "local").runs[0].run_id != ids[0]
+    assert g.runs[0].directory("R") == Path("R/tiny/smoke") / ids[0]
+
+
+def test_zip_product_seeds_and_paper_agc_grid():
+    g = grid.load("ablations/agc.yaml", "local")
+    assert len(g.runs) == 15
+    nf = [r for r in g.runs if r.label == "nf-resnet"]
+    assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {
+        (256, 1), (512, 1), (1024, 1), (2048, 2), (4096, 4)}
+    assert {r.config["agc"] for r in nf} == {True, False}
+    assert all(r.config["model"] == "resnet-nano" for r in g.runs if r.label == "bn-resnet")
+    paper = grid.load("ablations/agc.yaml", "paper")  # expands without the cluster's data
+    assert {r.config["model"] for r in paper.runs} == {"nf-resnet-50", "resnet-50"}
+
+
+MALFORMED = [
+    ("nmae: x\n", "nmae"),
+    (GOOD.replace("name: tiny", "name: [1]"), "name"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {agc: []}"), "agc: empty axis"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {agc: true}"), "agc"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {agc_clipping: [0.01, -0.02]}"), "agc_clipping"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {agc_clipping: [0.0]}"), "agc_clipping"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {lr: [0.1]}"), "lr"),
+    (GOOD.replace("model: resnet-nano", "model: resnet-9000"), "model"),
+    (GOOD.replace("model: resnet-nano", "model.se_ratoi: 0"), "model.se_ratoi"),
+    (GOOD.replace("batch_size: 16", "batch_size: sixteen"), "batch_size"),
+    (GOOD.replace("batch_size: 16", "batch_size: 16, accum_steps: 3"), "batch_size"),
+    (GOOD.replace("seeds: [0]", "seeds: []"), "seeds"),
+    (GOOD.replace("seeds: [0]", "seeds: [0, 0]"), "seeds"),
+    (GOOD.replace("seeds: [0]", "seeds: [a]"), "seeds"),
+    (GOOD.replace("  smoke: {}", "  smoky: {}"), "scales.smoky"),
+    (GOOD.replace("  smoke: {}", "  smoke: {bsae: {}}"), "scales.smoke.bsae"),
+    (GOOD.replace("  - label: nf\n", "  - lable: nf\n"), "lable"),
+    (GOOD.replace("blocks:", "blocks: []\nunused:"), "unused"),
+    (GOOD.replace("seeds: [0]", "seeds: [0]\naggregate: {best: 3}"), "aggregate.best"),
+    (GOOD + "  paper: {base: {dataset: imagenett}}\n", None),  # only an error at the paper scale
+    ("name: t\nbase: [1, 2]\n", "base"),
+    ("{{{", "not valid YAML"),
+    (GOOD.replace("axes: {agc: [true, false]}", "zip: [{agc: [true, false], seed: [1]}]"), "differ in length"),
+    (GOOD.replace("epochs", "x").replace("steps: 3", "steps: -3"), "steps"),
+]
+
+
+@pytest.mark.parametrize("text, key", MALFORMED)
+def test_malformed_grid_is_a_one_line_error_naming_the_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    if key is None:
+        with pytest.raises(grid.GridError, match="dataset"):
+            grid.load(path, "paper")
+        return
+    r = subprocess.run([sys.executable, "-m", "study.cli", "grid", "run", str(path), "--scale",
+                        "smoke", "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing launched
+
+
+def test_unknown_scale_and_missing_file(tmp_path):
+    with pytest.raises(grid.GridError, match="scale"):
+        grid.load(write(tmp_path, GOOD), "huge")
+    with pytest.raises(grid.GridError, match="no such grid file"):
+        grid.load(tmp_path / "none.yaml", "smoke")
+    with pytest.raises(grid.GridError, match="scales.paper"):
+        grid.load(write(tmp_path, GOOD), "paper")
+
+
+def test_local_launch_is_idempotent_and_results_table(tmp_path):
+    path = write(tmp_path, GOOD)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "study.cli", "grid", "run", str(path), "--scale", "smoke",
+           "--runs-dir", str(runs)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 done" in r.stdout
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert "nothing to train" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "study.cli", "results", str(path), "--scale", "smoke",
+                        "--runs-dir", str(runs)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_parquet(runs / "tiny" / "smoke" / "results.parquet")
+    assert len(df) == 3 and set(df["status"]) == {"done"}
+    assert {"cfg.agc", "cfg.model", "top1", "params", "macs", "device_kind", "commit"} <= set(df.columns)
+    assert pd.read_csv(runs / "tiny" / "smoke" / "results.csv").shape[0] == 3
+    g = grid.load(path, "smoke")
+    result = json.loads((g.runs[0].directory(runs) / "result.json").read_text())
+    assert df.loc[df.run_id == g.runs[0].run_id, "top1"].item() == result["top1"]
