@@ -9,13 +9,16 @@ SCALE ?= local
 BACKEND ?= local
 RUNS_DIR ?= runs
 
-.PHONY: setup data test test-slow clean help ablation-agc
+GRIDS := agc agc-lambda agc-layers depth width
+
+.PHONY: setup data test test-slow clean help ablations ablation-agc ablation-lambda \
+	ablation-layers ablation-depth ablation-width
 
 help:
 	@echo "make setup     virtual env with the locked dependencies (+ Fashion-MNIST via apt)"
 	@echo "make test      the test suite (minutes)"
 	@echo "make test-slow the long checks marked slow"
-	@echo "make ablation-agc [SCALE=smoke|local|paper] [RUNS_DIR=runs]  Figure 2a grid + results table"
+	@echo "make ablation-agc|lambda|layers|depth|width|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
 
 setup: $(STAMP) data
 
@@ -42,9 +45,22 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 # A grid: train what is missing (a finished grid trains nothing), then gather the table.
+define grid
+	$(BIN)/study grid run ablations/$(1).yaml --scale $(SCALE) --backend $(BACKEND) --runs-dir $(RUNS_DIR)
+	$(BIN)/study results ablations/$(1).yaml --scale $(SCALE) --runs-dir $(RUNS_DIR)
+endef
+
 ablation-agc: setup
-	$(BIN)/study grid run ablations/agc.yaml --scale $(SCALE) --backend $(BACKEND) --runs-dir $(RUNS_DIR)
-	$(BIN)/study results ablations/agc.yaml --scale $(SCALE) --runs-dir $(RUNS_DIR)
+	$(call grid,agc)
+ablation-lambda: setup
+	$(call grid,agc-lambda)
+ablation-layers: setup
+	$(call grid,agc-layers)
+ablation-depth: setup
+	$(call grid,depth)
+ablation-width: setup
+	$(call grid,width)
+ablations: ablation-agc ablation-lambda ablation-layers ablation-depth ablation-width
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -128,3 +128,11 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
     g = grid.load(path, "smoke")
     result = json.loads((g.runs[0].directory(runs) / "result.json").read_text())
     assert df.loc[df.run_id == g.runs[0].run_id, "top1"].item() == result["top1"]
+
+
+@pytest.mark.parametrize("name", ["agc", "agc-lambda", "agc-layers", "depth", "width"])
+@pytest.mark.parametrize("scale", ["smoke", "local", "paper"])
+def test_shipped_grids_expand_at_every_scale(name, scale):
+    g = grid.load(f"ablations/{name}.yaml", scale)
+    assert g.runs and g.header and "Launch:" in g.header and "Paper:" in g.header
+    assert len({r.run_id for r in g.runs}) == len(g.runs)
