@@ -13,7 +13,10 @@ CTLD_PID=$RUN_DIR/slurmctld.pid SLURMD_PID=$RUN_DIR/slurmd.pid
 
 log() { echo "local-cluster: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }   # is the pid in file $1 running?
+# Is process $1 (or the daemon in pid file $1) running? A dead daemon can linger as a zombie (PID 1
+# here is not an init that reaps promptly) and kill -0 succeeds on zombies, so ask ps.
+pid_alive() { local s; s=$(ps -o stat= -p "$1") && [[ $s != Z* ]]; }
+alive() { [[ -s $1 ]] && pid_alive "$(cat "$1")"; }
 
 install_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
@@ -24,10 +27,11 @@ install_packages() {
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; own_policy=1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q slurm-wlm munge >"$LOG_DIR/apt.log" 2>&1 ||
-    { apt-get update -q >>"$LOG_DIR/apt.log" 2>&1 && apt-get install -y -q slurm-wlm munge >>"$LOG_DIR/apt.log" 2>&1; } ||
-    { ((own_policy)) && rm -f /usr/sbin/policy-rc.d; tail -20 "$LOG_DIR/apt.log"; die "apt-get install failed"; }
-  ((own_policy)) && rm -f /usr/sbin/policy-rc.d
+  local rc=0   # the package lists may be missing or stale on a fresh machine: update, retry once
+  { apt-get install -y -q slurm-wlm munge || { apt-get update -q && apt-get install -y -q slurm-wlm munge; }
+  } >"$LOG_DIR/apt.log" 2>&1 || rc=$?
+  if ((own_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+  ((rc == 0)) || { tail -20 "$LOG_DIR/apt.log" >&2; die "apt-get install failed (log: $LOG_DIR/apt.log)"; }
   log "installed slurm-wlm + munge in $((SECONDS - t0)) s (log: $LOG_DIR/apt.log)"
 }
 
@@ -56,6 +60,10 @@ ClusterName=local
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+# A requeued job may start again only after the credential lifetime (default 120 s); 20 s
+# is plenty for local step launches and keeps requeue drills short (Slurm's minimum is 5).
+AuthInfo=cred_expire=20
+MailProg=/bin/true
 StateSaveLocation=$STATE_DIR
 SlurmdSpoolDir=$SPOOL_DIR
 SlurmctldPidFile=$CTLD_PID
@@ -70,6 +78,9 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# Nothing triggers scheduling when a requeued job's BeginTime passes; the periodic passes do
+# (default every 60 s main / 30 s backfill), so run them often: it costs nothing on one node.
+SchedulerParameters=sched_interval=5,bf_interval=5
 # Allocate single cores and memory, so one-CPU jobs share the node; without DefMemPerCPU
 # a job would be given the whole node's memory and jobs would run one at a time.
 SelectType=select/cons_tres
@@ -86,6 +97,13 @@ PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+# Node usable (no '*' = not responding suffix) and registered by a slurmd started at/after $1.
+node_ready() {
+  [[ $(sinfo -h -n "$NODE" -o %T 2>/dev/null) =~ ^(idle|mixed|allocated)$ ]] || return 1
+  local t; t=$(scontrol show node "$NODE" 2>/dev/null | grep -oP 'SlurmdStartTime=\K\S+') || return 1
+  (( $(date -d "$t" +%s 2>/dev/null || echo 0) >= $1 ))
+}
+
 daemon_logs() { for f in slurmctld slurmd; do log "--- tail of $LOG_DIR/$f.log"; tail -15 "$LOG_DIR/$f.log" >&2 || true; done; }
 
 up() {
@@ -98,22 +116,21 @@ up() {
     printf '%s\n' "$new" >"$CONF_DIR/slurm.conf"
   fi
   alive "$CTLD_PID" || slurmctld || { daemon_logs; die "slurmctld failed to start"; }
-  alive "$SLURMD_PID" || slurmd || { daemon_logs; die "slurmd failed to start"; }
-  local state=""
-  for _ in $(seq 60); do
-    state=$(sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
-    [[ $state == idle* || $state == mix* || $state == alloc* ]] && break
-    sleep 1
-  done
-  [[ $state == idle* || $state == mix* || $state == alloc* ]] ||
-    { daemon_logs; die "node $NODE not ready after 60 s (state: '${state:-no answer}')"; }
-  log "up: $(slurmctld -V), node $NODE ($(nproc) CPUs, $(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' "$CONF_DIR/slurm.conf") MiB) $state, partition debug; logs in $LOG_DIR"
+  local since=0   # a restarted slurmd must re-register: saved node state can say idle already
+  if ! alive "$SLURMD_PID"; then
+    since=$(date +%s)
+    slurmd -N "$NODE" || { daemon_logs; die "slurmd failed to start"; }
+  fi
+  for _ in $(seq 60); do node_ready "$since" && break; sleep 1; done
+  node_ready "$since" || { daemon_logs; die "node $NODE not ready after 60 s (sinfo: '$(sinfo -h -o %T 2>&1 || true)')"; }
+  log "up: $(slurmctld -V), node $NODE ($(nproc) CPUs, $(grep -oP 'RealMemory=\K[0-9]+' "$CONF_DIR/slurm.conf") MiB)" \
+    "$(sinfo -h -n "$NODE" -o %T), partition debug; config $CONF_DIR/slurm.conf, logs $LOG_DIR"
 }
 
 stop_pidfile() {   # SIGTERM the daemon in pid file $1, wait up to 15 s, then SIGKILL
   alive "$1" || return 0
   local pid; pid=$(cat "$1"); kill "$pid"
-  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || { rm -f "$1"; return 0; }; sleep 0.5; done
+  for _ in $(seq 30); do pid_alive "$pid" || { rm -f "$1"; return 0; }; sleep 0.5; done
   kill -9 "$pid" 2>/dev/null || true; rm -f "$1"
 }
 

@@ -70,14 +70,22 @@ def _latency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid(args: argparse.Namespace) -> int:
+def _load_grid(args: argparse.Namespace):
+    """The grid of ``args.file`` at ``args.scale``, or None after a one-line error."""
     from study import grid as grid_lib
-    from study import launch
 
     try:
-        g = grid_lib.load(args.file, args.scale)
+        return grid_lib.load(args.file, args.scale)
     except grid_lib.GridError as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from study import launch
+
+    g = _load_grid(args)
+    if g is None:
         return 2
     if args.action == "run":
         launch.run_local(g, args.runs_dir, jobs=args.jobs)
@@ -108,13 +116,10 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from study import grid as grid_lib
     from study import results
 
-    try:
-        g = grid_lib.load(args.file, args.scale)
-    except grid_lib.GridError as e:
-        print(f"error: {e}", file=sys.stderr)
+    g = _load_grid(args)
+    if g is None:
         return 2
     df, out = results.write(g, args.runs_dir)
     print(f"{len(df)} runs ({(df['status'] == 'done').sum()} done) -> {out}/results.parquet, results.csv")

@@ -19,7 +19,7 @@ import grain
 import jax
 import numpy as np
 
-from study.datasets import cifar10, fashion_mnist, imagenet, preprocess
+from study.datasets import arrays, cifar10, fashion_mnist, imagenet, preprocess
 from study.datasets.mix import MixBatch
 from study.datasets.randaugment import RandAugment
 
@@ -40,17 +40,6 @@ class Data:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     workers: int = 0
-
-
-class _Arrays:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[i], "label": self.labels[i]}
 
 
 def _synthetic(cfg: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -100,8 +89,8 @@ def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int
         else:
             xtr, ytr, xte, yte = _synthetic(cfg)
             classes, mean, std = cfg["num_classes"], (0.5,), (0.25,)
-        train = grain.MapDataset.source(_Arrays(xtr, ytr)).seed(seed).shuffle()
-        evaluation = grain.MapDataset.source(_Arrays(xte, yte))
+        train = arrays.dataset(xtr, ytr, seed=seed, shuffle=True)
+        evaluation = arrays.dataset(xte, yte, seed=seed, shuffle=False)
         sizes, channels = (len(ytr), len(yte)), xtr.shape[-1]
     elif name == "imagenet":
         if cfg["data_dir"] is None:

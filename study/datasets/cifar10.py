@@ -18,6 +18,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from study.datasets import arrays
+
 SUBDIR = "cifar-10-batches-py"
 FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -80,16 +82,4 @@ def dataset(
     Shuffling is seeded and reshuffles every epoch (``.repeat()`` it for several epochs).
     """
     images, labels = load(split, directory)
-    ds = grain.MapDataset.source(_Records(images, labels))
-    return ds.seed(seed).shuffle() if shuffle else ds
-
-
-class _Records:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[i], "label": self.labels[i]}
+    return arrays.dataset(images, labels, seed=seed, shuffle=shuffle)

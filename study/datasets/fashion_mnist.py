@@ -14,6 +14,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from study.datasets import arrays
+
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -78,16 +80,4 @@ def dataset(
     iterator state is checkpointable with the run.
     """
     images, labels = load(split, directory)
-    ds = grain.MapDataset.source(_Records(images, labels))
-    return ds.seed(seed).shuffle() if shuffle else ds
-
-
-class _Records:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[i], "label": self.labels[i]}
+    return arrays.dataset(images, labels, seed=seed, shuffle=shuffle)
