@@ -127,7 +127,12 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     from study import __version__
+
+    if hasattr(signal, "SIGPIPE"):  # `study grid status ... | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     parser = argparse.ArgumentParser(prog="study", description=__doc__)
     parser.add_argument("--version", action="version", version=f"study {__version__}")
