@@ -8,6 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 SCALE ?= local
 BACKEND ?= local
 RUNS_DIR ?= runs
+PROFILE ?= slurm/local.yaml
 
 GRIDS := agc agc-lambda agc-layers depth width
 
@@ -46,7 +47,7 @@ test-slow: setup
 
 # A grid: train what is missing (a finished grid trains nothing), then gather the table.
 define grid
-	$(BIN)/study grid run ablations/$(1).yaml --scale $(SCALE) --backend $(BACKEND) --runs-dir $(RUNS_DIR)
+	$(BIN)/study grid run ablations/$(1).yaml --scale $(SCALE) --backend $(BACKEND) --profile $(PROFILE) --runs-dir $(RUNS_DIR)
 	$(BIN)/study results ablations/$(1).yaml --scale $(SCALE) --runs-dir $(RUNS_DIR)
 endef
 

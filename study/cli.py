@@ -88,6 +88,16 @@ def _grid(args: argparse.Namespace) -> int:
     if g is None:
         return 2
     if args.action == "run":
+        if args.backend == "slurm":
+            from study import slurm
+
+            try:
+                profile = slurm.load_profile(args.profile)
+            except slurm.ProfileError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            slurm.submit(g, args.runs_dir, profile)
+            return 0
         launch.run_local(g, args.runs_dir, jobs=args.jobs)
         args.action = "status"
     if args.action in ("show", "status"):
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--scale", default="local", help="smoke | local | paper")
         q.add_argument("--runs-dir", default="runs", help="root of the run directories")
         if action == "run":
-            q.add_argument("--backend", choices=("local",), default="local")
+            q.add_argument("--backend", choices=("local", "slurm"), default="local")
+            q.add_argument("--profile", default="slurm/local.yaml", help="SLURM profile (slurm/*.yaml)")
             q.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by cores/memory)")
         q.set_defaults(func=_grid)
     p = sub.add_parser("results", help="gather a grid's runs into results.parquet / .csv")

@@ -38,7 +38,8 @@ def status(run: Run, root: str | Path) -> str:
         return "failed"
 
 
-def _spec(run: Run, root: str | Path) -> Path:
+def write_spec(run: Run, root: str | Path) -> Path:
+    """The run's resolved config as ``spec.yaml`` in its directory (what the trainer reads)."""
     d = run.directory(root)
     d.mkdir(parents=True, exist_ok=True)
     spec = d / "spec.yaml"
@@ -86,7 +87,7 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, log=prin
         while queue or active:
             while queue and len(active) < jobs and not interrupted:
                 run = queue.pop(0)
-                spec = _spec(run, root)
+                spec = write_spec(run, root)
                 d = run.directory(root)
                 out = (d / "train.log").open("a")
                 p = subprocess.Popen(

@@ -35,9 +35,9 @@ log = logging.getLogger("study.train")
 class _Signals:
     """SIGTERM / SIGUSR2 set a flag; the loop checkpoints at the next step boundary."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR2)) -> None:
         self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
+        for sig in signals:
             signal.signal(sig, self._handler)
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -72,7 +72,10 @@ def maybe_initialize_distributed() -> None:
             jax.distributed.initialize()
 
 
-def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = None) -> dict:
+def train(
+    workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = None,
+    handle_signals: bool = True,
+) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns what it writes to ``result.json``."""
     workdir = Path(workdir)
     maybe_initialize_distributed()
@@ -143,7 +146,9 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
         g_train, tx, lr, num_classes=data.num_classes, label_smoothing=cfg["label_smoothing"],
         ema_decay=cfg["ema_decay"], **common)
     eval_step = jax.jit(make_eval_step(g_eval, **common))
-    signals = _Signals()
+    # Under submitit, its own SIGUSR2 handler requeues the job (and it ignores SIGTERM, which
+    # SLURM sends on requeue or preemption): the trainer then takes SIGTERM only.
+    signals = _Signals() if handle_signals else _Signals((signal.SIGTERM,))
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
