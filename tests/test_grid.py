@@ -136,3 +136,27 @@ def test_shipped_grids_expand_at_every_scale(name, scale):
     g = grid.load(f"ablations/{name}.yaml", scale)
     assert g.runs and g.header and "Launch:" in g.header and "Paper:" in g.header
     assert len({r.run_id for r in g.runs}) == len(g.runs)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("partition: debug\ntimeout_min: 10\ngpus: 2\n", "gpus"),
+    ("partition: debug\ntimeout_min: ten\n", "timeout_min"),
+    ("timeout_min: 10\n", "partition"),
+    ("partition: debug\ntimeout_min: 10\nnodes: -1\n", "nodes"),
+    ("[1, 2]\n", "mapping"),
+])
+def test_bad_slurm_profile_is_a_one_line_error(tmp_path, text, key):
+    prof = write(tmp_path, text, "p.yaml")
+    gfile = write(tmp_path, GOOD)
+    r = subprocess.run([sys.executable, "-m", "study.cli", "grid", "run", str(gfile), "--scale", "smoke",
+                        "--backend", "slurm", "--profile", str(prof), "--runs-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and key in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shipped_profiles_load():
+    from study import slurm
+
+    for p in ("slurm/local.yaml", "slurm/gpu.yaml", "slurm/tpu.yaml"):
+        assert slurm.load_profile(p)["partition"]
