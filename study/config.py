@@ -25,6 +25,7 @@ class Key:
 
 # The defaults are the local scale's: they reach ≥ 0.88 Fashion-MNIST test top-1 on 2 CPU cores.
 KEYS: dict[str, Key] = {
+    "task": Key("train", "train | latency (time training steps by the paper's protocol, App. A.2)", str),
     "model": Key("nf-resnet-nano", "registry name (study models)", str),
     "dataset": Key("fashion_mnist", "fashion_mnist | cifar10 | imagenet | synthetic", str),
     "data_dir": Key(None, "dataset directory (default: the dataset's own)", (str, type(None))),
@@ -40,7 +41,7 @@ KEYS: dict[str, Key] = {
     "batch_size": Key(256, "global batch size per optimizer step", int),
     "accum_steps": Key(1, "micro-batches accumulated into one step (exact full-batch grads)", int),
     "epochs": Key(5.0, "training length in epochs (ignored when steps > 0)", (int, float)),
-    "steps": Key(0, "training length in optimizer steps (0: from epochs)", int),
+    "steps": Key(0, "training length in optimizer steps (0: from epochs); task=latency: timed steps (0: 20)", int),
     "base_lr": Key(0.1, "lr per 256 examples: peak lr = base_lr · batch_size / 256", (int, float)),
     "warmup_epochs": Key(1.0, "linear warmup from 0 (the paper: 5 epochs at ImageNet scale)", (int, float)),
     "momentum": Key(0.9, "Nesterov momentum", (int, float)),
@@ -166,6 +167,8 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
         raise ConfigError(f"ema_decay: must be in [0, 1), got {cfg['ema_decay']}")
     if not 0 <= cfg["label_smoothing"] < 1:
         raise ConfigError(f"label_smoothing: must be in [0, 1), got {cfg['label_smoothing']}")
+    if cfg["task"] not in ("train", "latency"):
+        raise ConfigError(f"task: unknown {cfg['task']!r}; valid: train, latency")
     if cfg["dataset"] not in ("fashion_mnist", "cifar10", "imagenet", "synthetic"):
         raise ConfigError(
             f"dataset: unknown {cfg['dataset']!r}; valid: fashion_mnist, cifar10, imagenet, synthetic"

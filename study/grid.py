@@ -49,7 +49,7 @@ class Run:
     scale: str
     config: dict[str, Any]  # fully resolved
     label: str  # the block's label, e.g. "nf" or "bn-reference"
-    varied: dict[str, Any]  # the axis values that distinguish this run
+    varied: dict[str, Any]  # the block's fixed keys and axis values that distinguish this run
 
     @property
     def run_id(self) -> str:
@@ -175,7 +175,7 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
             groups.append([dict(zip(z, vals)) for vals in zip(*z.values())])
         axis_points = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
         for point in itertools.product(axis_points, *groups):
-            varied: dict[str, Any] = {}
+            varied: dict[str, Any] = dict(fixed)  # a block's fixed keys set it apart too
             for part in point:
                 varied.update(part)
             for seed in seeds:

@@ -8,7 +8,10 @@ every run (each checkpoints) and a relaunch resumes them. Each run gets its reso
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -51,8 +54,12 @@ def write_spec(run: Run, root: str | Path) -> Path:
     return spec
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = _cores()
     try:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
     except (ValueError, OSError):
@@ -83,6 +90,9 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, log=prin
             p.send_signal(signal.SIGTERM)
 
     old = signal.signal(signal.SIGINT, stop)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         while queue or active:
             while queue and len(active) < jobs and not interrupted:
@@ -113,6 +123,18 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, log=prin
                 break
     finally:
         signal.signal(signal.SIGINT, old)
+    wall = time.perf_counter() - t_start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+    record = {"started": started, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+              "cores": _cores(), "cpu_utilisation": round(cpu / (wall * _cores()), 3),
+              "jobs": jobs, "trained": len(todo), "skipped": skipped,
+              "interrupted": interrupted, "outcomes": outcomes}
+    # One line per invocation (append-only) for the benchmarks' grid wall time.
+    with (Path(root) / grid.name / grid.scale / "launches.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    log(f"{grid.name}/{grid.scale}: {len(todo)} runs in {wall / 60:.1f} min, "
+        f"CPU utilisation {record['cpu_utilisation']:.0%} of {_cores()} cores")
     if interrupted:
         log("interrupted: runs checkpointed; relaunch to resume")
     return {"trained": len(todo), "skipped": skipped, **outcomes}

@@ -78,6 +78,10 @@ def train(
 ) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns what it writes to ``result.json``."""
     workdir = Path(workdir)
+    if cfg["task"] == "latency":  # the variants grid times steps instead of training
+        from study import latency
+
+        return latency.run(workdir, cfg)
     maybe_initialize_distributed()
     # Everything that can reject the config happens before the run directory is touched.
     n_dev = jax.device_count()

@@ -81,6 +81,7 @@ MALFORMED = [
     ("{{{", "not valid YAML"),
     (GOOD.replace("axes: {agc: [true, false]}", "zip: [{agc: [true, false], seed: [1]}]"), "differ in length"),
     (GOOD.replace("epochs", "x").replace("steps: 3", "steps: -3"), "steps"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {task: [latency, benchmark]}"), "task"),
 ]
 
 
@@ -116,6 +117,9 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 done" in r.stdout
+    launches = [json.loads(l) for l in (runs / "tiny" / "smoke" / "launches.jsonl").read_text().splitlines()]
+    assert len(launches) == 1 and launches[0]["trained"] == 3 and launches[0]["wall_s"] > 0
+    assert 0 < launches[0]["cpu_utilisation"] <= 1.05 and launches[0]["outcomes"] == {"done": 3}
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert "nothing to train" in r.stdout
     r = subprocess.run([sys.executable, "-m", "study.cli", "results", str(path), "--scale", "smoke",
@@ -130,7 +134,7 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
     assert df.loc[df.run_id == g.runs[0].run_id, "top1"].item() == result["top1"]
 
 
-@pytest.mark.parametrize("name", ["agc", "agc-lambda", "agc-layers", "depth", "width"])
+@pytest.mark.parametrize("name", ["agc", "agc-lambda", "agc-layers", "depth", "width", "variants"])
 @pytest.mark.parametrize("scale", ["smoke", "local", "paper"])
 def test_shipped_grids_expand_at_every_scale(name, scale):
     g = grid.load(f"ablations/{name}.yaml", scale)
