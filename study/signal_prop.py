@@ -17,7 +17,7 @@ from study.models.nfnet import NFConfig, expected_variances
 
 
 def signal_propagation(
-    model: nnx.Module, x: jax.Array, *, skip_gain: float | None = 1.0
+    model: nnx.Module, x: jax.Array, *, skip_gain: float | None = 1.0, batch_stats: bool = False
 ) -> list[dict[str, float]]:
     """Per-block ``avg_sq_mean`` and ``avg_var`` of the residual stream for input ``x`` (NHWC).
 
@@ -26,6 +26,8 @@ def signal_propagation(
     (default 1) replaces the skip gains for the measurement so the plot shows the α² schedule
     the β scalings are designed for. ``None`` keeps the model's own gains.
     Rows also carry ``expected_var`` for NF models (NaN for BatchNorm ResNets).
+    ``batch_stats=True`` runs BatchNorm on the batch's statistics, as at the first training step
+    (the BN-ResNet curve of the signal-propagation plots); by default the running averages.
     """
     graphdef, state = nnx.split(model)
     if skip_gain is not None:
@@ -37,7 +39,7 @@ def signal_propagation(
     @jax.jit
     def run(state, x):
         m = nnx.merge(graphdef, state)
-        m.eval()
+        m.train() if batch_stats else m.eval()
         outs: list[jax.Array] = []
         m.features(x, collect=outs)
         return [
