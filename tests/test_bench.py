@@ -1,0 +1,64 @@
+"""The benchmark's machinery on a tiny plan (no timing assertions: speed targets are checked by
+`make bench`, never by timed unit tests). The PyTorch side is a stand-in speaking the same
+protocol, so the test needs neither the 5 GB torch environment nor minutes of compilation."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STUB = textwrap.dedent('''
+    import json, sys, time
+    from flax import nnx
+    from study import models
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "setup":
+            net = nnx.eval_shape(lambda: models.create(cmd["model"], rngs=nnx.Rngs(0),
+                                                        convention="timm"))
+            reply = {"params": models.count_params(net), "first_step_s": 0.01, "threads": 1}
+        elif cmd["cmd"] == "run":
+            reply = {"times": [0.01] * cmd["steps"]}
+        elif cmd["cmd"] == "peak":
+            reply = {"matmul": 1e9, "conv": 1e9}
+        elif cmd["cmd"] == "quit":
+            break
+        else:
+            reply = {"error": "unsupported"}
+        print(json.dumps(reply), flush=True)
+''')
+
+
+def test_bench_writes_the_four_keys(tmp_path):
+    stub = tmp_path / "stub_torch.py"
+    stub.write_text(STUB)
+    plan = [{"model": "nf-resnet-nano", "resolution": 28, "batch": 8, "steps": 1, "rounds": 2,
+             "agc_off": True, "data_wait_steps": 2}]
+    out, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--plan", json.dumps(plan), "--out", str(out),
+         "--markdown", str(md), "--runs-dir", str(tmp_path / "runs"), "--no-parity",
+         "--torch-python", sys.executable, "--torch-script", str(stub), "--budget", "600"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for key in ("agc_overhead", "throughput_ratio_vs_torch", "data_wait_fraction", "mfu_conv"):
+        assert isinstance(res[key], float) and math.isfinite(res[key]), (key, res[key])
+    assert res["throughput_ratio_vs_torch"] > 0
+    assert -1 < res["agc_overhead"] < 10
+    assert 0 <= res["data_wait_fraction"] <= 1
+    assert 0 < res["mfu_conv"] < 10
+    row = res["throughput"][0]
+    assert row["params"] > 0 and row["images_per_s"]["jax"] > 0
+    assert res["grid"]["status"].startswith("not measured")  # no launches.jsonl in tmp runs
+    assert {d["dataset"] for d in res["data"]} == {"fashion_mnist", "imagenet"}
+    text = md.read_text()
+    assert "## Targets" in text and res["machine"]["cpu"] in text
