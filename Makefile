@@ -10,16 +10,18 @@ BACKEND ?= local
 RUNS_DIR ?= runs
 PROFILE ?= slurm/local.yaml
 
-GRIDS := agc agc-lambda agc-layers depth width
 
 .PHONY: setup data test test-slow clean help ablations ablation-agc ablation-lambda \
-	ablation-layers ablation-depth ablation-width
+	ablation-layers ablation-depth ablation-width ablation-variants report bench bench-quick
 
 help:
 	@echo "make setup     virtual env with the locked dependencies (+ Fashion-MNIST via apt)"
 	@echo "make test      the test suite (minutes)"
 	@echo "make test-slow the long checks marked slow"
-	@echo "make ablation-agc|lambda|layers|depth|width|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
+	@echo "make ablation-agc|lambda|layers|depth|width|variants|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
+	@echo "make report   reports/index.html: figures, comparison with the paper, claim checks [SCALE=...] [RUNS_DIR=runs]"
+	@echo "make bench     BENCHMARKS.md + bench/results.json: speed vs PyTorch/timm, MFU, AGC, data (<= 15 min)"
+	@echo "make bench-quick  the same, a subset (<= 2 min)"
 
 setup: $(STAMP) data
 
@@ -61,7 +63,25 @@ ablation-depth: setup
 	$(call grid,depth)
 ablation-width: setup
 	$(call grid,width)
-ablations: ablation-agc ablation-lambda ablation-layers ablation-depth ablation-width
+ablation-variants: setup
+	$(call grid,variants)
+ablations: ablation-agc ablation-lambda ablation-layers ablation-depth ablation-width ablation-variants
+
+# Whatever results exist (a missing or half-finished grid is shown as such); reports/ by default.
+report: setup
+	$(BIN)/study report --scale $(SCALE) --runs-dir $(RUNS_DIR) --out reports
+
+# The benchmark's PyTorch side: its own venv, used by nothing else (bench/requirements-torch.lock).
+TORCH_VENV := .venv-torch
+$(TORCH_VENV)/.installed: bench/requirements-torch.lock
+	test -x $(TORCH_VENV)/bin/python || $(PY) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements-torch.lock
+	touch $@
+
+bench: setup $(TORCH_VENV)/.installed
+	$(BIN)/python -m bench.run --runs-dir $(RUNS_DIR)
+bench-quick: setup $(TORCH_VENV)/.installed
+	$(BIN)/python -m bench.run --quick --runs-dir $(RUNS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -105,7 +105,7 @@ def _grid(args: argparse.Namespace) -> int:
         keys = sorted({k for r in g.runs for k in r.varied})
         head = f"{'run_id':12}  {'label':12} " + " ".join(f"{k:>12}" for k in keys) + f" {'seed':>5}"
         if args.action == "status":
-            head += f"  {'status':11} {'top1':>7}"
+            head += f"  {'status':11} {'result':>9}"
         print(head)
         counts: dict[str, int] = {}
         for r in g.runs:
@@ -114,11 +114,12 @@ def _grid(args: argparse.Namespace) -> int:
             if args.action == "status":
                 st = launch.status(r, args.runs_dir)
                 counts[st] = counts.get(st, 0) + 1
-                top1 = ""
-                if st in ("done", "diverged"):
-                    t = json.loads((r.directory(args.runs_dir) / "result.json").read_text()).get("top1")
-                    top1 = f"{t:.4f}" if t is not None else "-"
-                line += f"  {st:11} {top1:>7}"
+                shown = ""
+                if st in ("done", "diverged"):  # top-1, or a latency run's step time
+                    res = json.loads((r.directory(args.runs_dir) / "result.json").read_text())
+                    t, ms = res.get("top1"), res.get("latency_ms")
+                    shown = f"{t:.4f}" if t is not None else f"{ms:.1f} ms" if ms is not None else "-"
+                line += f"  {st:11} {shown:>9}"
             print(line)
         if counts:
             print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -133,6 +134,19 @@ def _results(args: argparse.Namespace) -> int:
         return 2
     df, out = results.write(g, args.runs_dir)
     print(f"{len(df)} runs ({(df['status'] == 'done').sum()} done) -> {out}/results.parquet, results.csv")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from study import grid as grid_lib
+    from study import report
+
+    if args.scale not in grid_lib.SCALES:
+        print(f"error: scale: unknown {args.scale!r}; valid: {', '.join(grid_lib.SCALES)}", file=sys.stderr)
+        return 2
+    signal = None if args.no_signal else ("nf-resnet-50", "resnet-50")
+    index = report.build(args.scale, args.runs_dir, args.out, args.grids, signal_models=signal)
+    print(f"{index} (figures, comparison.csv, claims.csv beside it)")
     return 0
 
 
@@ -181,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", default="local")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=_results)
+    p = sub.add_parser("report", help="figures, comparison with the paper and claim checks -> OUT/index.html")
+    p.add_argument("--scale", default="local", help="smoke | local | paper")
+    p.add_argument("--runs-dir", default="runs", help="root of the run directories")
+    p.add_argument("--out", default="reports", help="output directory")
+    p.add_argument("--grids", default="ablations", help="directory of grid files")
+    p.add_argument("--no-signal", action="store_true", help="skip the signal-propagation plot (its forward passes)")
+    p.set_defaults(func=_report)
     p = sub.add_parser("latency", help="training-step latency by the paper's protocol (App. A.2)")
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=32)
