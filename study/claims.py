@@ -163,7 +163,9 @@ def _lambda_table(df: pd.DataFrame, best: int | None) -> pd.DataFrame:
     if s.empty or len(s["batch"].unique()) < 2 or len(s["lam"].unique()) < 2:
         raise _Short("needs at least two batch sizes and two λ")
     if len(short):
-        raise _Short("; ".join(f"batch {r.batch:.0f} λ {r.lam:g}: {fmt(r)}" for _, r in short.iterrows()))
+        cells = [f"batch {r.batch:.0f} λ {r.lam:g}: {fmt(r)}" for _, r in short.iterrows()]
+        more = f"; … {len(cells) - 3} more" if len(cells) > 3 else ""
+        raise _Short(f"{len(cells)} of {len(s)} cells unfinished — " + "; ".join(cells[:3]) + more)
     return s
 
 

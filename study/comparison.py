@@ -115,6 +115,22 @@ def hardware(r: pd.Series) -> str:
     return f"{r['device_kind']}, batch {r['batch']:.0f}, {r['resolution']:.0f} px, {r['dtype']}"
 
 
+def hardware_summary(measured: pd.DataFrame) -> str:
+    """One line for all latency runs: device, batch, dtype and resolution (each variant's own
+    train resolution, as the paper's protocol, or the range used)."""
+    if measured.empty:
+        return "none measured yet"
+    from study import models
+
+    def values(col: str, fmt=str) -> str:
+        return "/".join(fmt(v) for v in sorted(measured[col].dropna().unique()))
+    res = measured.apply(lambda r: r["resolution"] == models.PRESETS[r["model"]].train_resolution
+                         if r["model"] in models.PRESETS else False, axis=1)
+    px = "each variant's train resolution" if res.all() else \
+        f"{measured['resolution'].min():.0f}–{measured['resolution'].max():.0f} px"
+    return f"{values('device_kind')}, batch {values('batch', lambda v: f'{v:.0f}')}, {values('dtype')}, {px}"
+
+
 def latency_rows(measured: pd.DataFrame) -> list[dict]:
     pub = published.nfnets().set_index("model")
     rows = []
@@ -203,7 +219,8 @@ def accuracy_rows(tables: Mapping[str, pd.DataFrame], best: Mapping[str, int | N
                              published=paper if verdict.startswith(("within", "outside")) else np.nan,
                              delta=delta, unit="%", hardware_ours="", hardware_published="",
                              source="Table 3" if delta is not None else "", verdict=verdict,
-                             runs=cell["run_ids"] or cell["unfinished"]))
+                             runs=(cell["run_ids"] or cell["unfinished"]) + (
+                                 f" ({cell['n_diverged']} diverged, scored at chance)" if cell["n_diverged"] else "")))
     return rows
 
 

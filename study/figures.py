@@ -98,10 +98,10 @@ def figure1(nfnets: pd.DataFrame, effnets: pd.DataFrame, measured: pd.DataFrame,
         y = nfnets.set_index("model")[col].reindex(names)
         bx.plot(xs, y, marker="o", color=color, label=label)
     if len(measured):
+        from study.comparison import hardware_summary
+
         m = measured.groupby("model").last().reindex(names)
-        kinds = measured.drop_duplicates(["device_kind", "batch", "resolution", "dtype"])
-        hw = "; ".join(f"{r.device_kind}, batch {r.batch:.0f}, {r.resolution:.0f} px, {r.dtype}" for r in kinds.itertuples())
-        bx.plot(xs, m["latency_ms"], marker="s", color="black", label=f"measured here: {hw}")
+        bx.plot(xs, m["latency_ms"], marker="s", color="black", label=f"measured here:\n{hardware_summary(measured)}")
         missing = [x for x, v in zip(xs, m["latency_ms"]) if pd.isna(v)]
     else:
         missing = list(xs)
@@ -111,7 +111,7 @@ def figure1(nfnets: pd.DataFrame, effnets: pd.DataFrame, measured: pd.DataFrame,
     bx.set_yscale("log")
     bx.set_xticks(xs, [n.replace("nfnet-", "").upper() for n in names])
     bx.set(xlabel="NFNet variant", ylabel="training step, ms (log)", title="Step latency: paper vs this machine")
-    bx.legend(fontsize=8)
+    bx.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -217,9 +217,28 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
     return df.drop_duplicates(["kind", "step"], keep="last") if {"kind", "step"} <= set(df.columns) else df
 
 
+def _naming_axes(df: pd.DataFrame) -> list[str]:
+    """The axes that name a run, in the grid's order; an axis set by another (accum_steps by
+    batch_size in a zip, the model by the block label) is left out of the legend."""
+    axes = [c for c in df.columns if c.startswith("axis.")]
+
+    def implies(d: str, c: str) -> bool:
+        rows = df[c].notna()
+        if not rows.any() or df.loc[rows, d].isna().any():
+            return False
+        return bool((df.loc[rows, c].astype(str).groupby(df.loc[rows, d].astype(str)).nunique() <= 1).all())
+
+    keep: list[str] = []
+    for c in axes:
+        more = [d for d in axes if d != c and df[d].astype(str).nunique() > df[c].astype(str).nunique()]
+        if not any(implies(d, c) for d in ["label", *keep, *more]):
+            keep.append(c)
+    return keep
+
+
 def curves(df: pd.DataFrame, title: str) -> Figure | None:
     """Loss, test top-1 and the fraction of units AGC clipped against epochs, one line per run."""
-    axes_cols = sorted(c for c in df.columns if c.startswith("axis."))
+    axes_cols = _naming_axes(df)
     parts = []
     for _, r in df.iterrows():
         m = read_metrics(r["dir"])
@@ -234,7 +253,7 @@ def curves(df: pd.DataFrame, title: str) -> Figure | None:
     x = "epoch" if "epoch" in m.columns and m["epoch"].notna().any() else "step"
     train, evals = m[m["kind"] == "train"], m[m["kind"] == "eval"]
     fig, axs = plt.subplots(1, 3, figsize=(16, 4.4))
-    runs = sorted(m["run"].unique())
+    runs = list(dict.fromkeys(m["run"]))  # the grid file's order
     palette = dict(zip(runs, sns.color_palette("husl", len(runs))))
     for ax, data, y, label in ((axs[0], train, "loss", "training loss"), (axs[1], evals, "top1", "test top-1"),
                                (axs[2], train, "clip_fraction", "fraction of units clipped")):

@@ -197,7 +197,7 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
 
     measured = comparison.measured_latency(tables)
     f1 = _draw("Figure 1", figures.figure1, published.nfnets(), published.efficientnets(), measured, _reruns(grids))
-    hw = "; ".join(sorted({comparison.hardware(r) for _, r in measured.iterrows()})) or "none measured yet"
+    hw = comparison.hardware_summary(measured)
     figs["fig1"] = (_save(f1, out, "fig1_top1_vs_latency"),
                     "Figure 1. Left: the paper's Table 3 — ImageNet top-1 against TPUv3 training-step latency for "
                     "NFNet F0–F6 (F6 with SAM) and EfficientNet B0, B3–B7; stars are ImageNet reruns, drawn at the "
@@ -314,9 +314,13 @@ def _html(scale: str, runs_dir: Path, grids, verdicts: pd.DataFrame, comp: pd.Da
     ]
     for section, title in (("structure", "Structure (Table 3)"), ("latency", "Training latency"),
                            ("accuracy", "Accuracy reruns")):
-        part = comp[comp["section"] == section].drop(columns="section")
-        parts += [f"<h3>{title}</h3>", part.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:g}")
-                  if len(part) else '<p class="muted">none</p>']
+        part = comp[comp["section"] == section].drop(columns="section").dropna(axis=1, how="all")
+        table = part.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:g}")
+        compared = part["verdict"].str.startswith(("within", "outside")).sum() if len(part) else 0
+        if section == "accuracy" and len(part) and not compared:  # nothing to compare: fold it away
+            table = (f"<details><summary>{len(part)} grid cells, none comparable with the paper "
+                     f"(same dataset, model and recipe needed)</summary>{table}</details>")
+        parts += [f"<h3>{title}</h3>", table if len(part) else '<p class="muted">none</p>']
     curves = [k for k in figs if k.startswith("curves-")]
     parts += ["<h2>Training curves</h2>"] + ([_figure(figs, k) for k in curves] or
                                               ['<p class="muted">no finished training runs yet</p>'])

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from study import aggregate, claims, comparison, grid, published, report, rundir
+from study.models import PRESETS
 
 GRIDS = Path(__file__).resolve().parent.parent / "ablations"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -214,7 +215,7 @@ def outcome(run, i):
 def latency_grid() -> report.GridResults:
     rows = [{"grid": "variants", "scale": "smoke", "run_id": f"lat{i}", "label": "nfnet", "status": "done",
              "cfg.task": "latency", "cfg.model": f"nfnet-f{i}", "latency_ms": 500.0 * 1.6**i,
-             "images_per_s": 2.0, "batch": 1, "resolution": 192 + 32 * i, "dtype": "float32",
+             "images_per_s": 2.0, "batch": 1, "resolution": PRESETS[f"nfnet-f{i}"].train_resolution, "dtype": "float32",
              "device_kind": "cpu"} for i in range(6)]  # F6, F7 not measured: shown as such
     return report.GridResults("variants", GRIDS / "variants.yaml", pd.DataFrame(rows))
 
