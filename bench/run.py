@@ -30,7 +30,8 @@ def plans() -> dict[str, list[tuple[Any, float]]]:
     full = [
         (C("nf-resnet-nano", 28, 256, ("eager", "compile"), steps=2, rounds=5,
            data_wait_steps=30), 150),
-        (C("nfnet-nano", 28, 256, ("eager", "compile"), steps=1, rounds=5), 180),
+        # torch.compile of nfnet-nano did not finish in 240 s here (BENCHMARKS.md): eager only.
+        (C("nfnet-nano", 28, 256, ("eager",), steps=1, rounds=5), 120),
         (C("nf-resnet-nano", 28, 32, ("eager",), steps=3, rounds=9, agc_off=True), 60),
         (C("nfnet-nano", 28, 32, ("eager",), steps=2, rounds=9, agc_off=True), 80),
         (C("nf-resnet-50", SMALL, 32, ("eager",), steps=1, rounds=3, agc_off=True), 180),
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     mode = "quick" if args.quick else "full"
-    budget = args.budget or (110.0 if args.quick else 840.0)
+    budget = args.budget or (105.0 if args.quick else 800.0)
     deadline = t_start + budget
     TMP.mkdir(parents=True, exist_ok=True)
     _setup_caches()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [str(python), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, bufsize=1, env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: a kill also ends inductor's compilers
         )
 
     def ask(self, timeout: float = 600.0, **cmd: Any) -> dict[str, Any]:
@@ -59,6 +61,11 @@ class Worker:
             sel.close()
 
     def close(self, kill: bool = False) -> None:
+        if kill:
+            try:  # the worker and whatever it started (torch.compile's compile subprocesses)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.proc.poll() is None:
             if kill:
                 self.proc.kill()
