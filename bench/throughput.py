@@ -203,8 +203,5 @@ def torch_peak(pool: TorchPool, threads: int) -> dict[str, float]:
 
 
 def jax_threads() -> int:
-    """Threads XLA:CPU uses for one computation: every core unless Eigen threading is off."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "--xla_cpu_multi_thread_eigen=false" in flags:
-        return 1
+    """Threads XLA:CPU uses for one computation: the cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,7 +1,8 @@
 """Launching a grid's runs: only what is missing, resuming what is partial.
 
 Backend ``local``: parallel ``study train`` subprocesses sized to the machine (cores, memory),
-each single-threaded for XLA so concurrent runs do not fight over cores; Ctrl-C sends SIGTERM to
+each pinned to its own share of the cores (XLA's Eigen and YNNPACK thread pools both size
+themselves to the cores they may use) so concurrent runs do not fight over them; Ctrl-C sends SIGTERM to
 every run (each checkpoints) and a relaunch resumes them. Each run gets its resolved config as
 ``spec.yaml`` in its own directory and writes its own ``result.json``.
 """
@@ -58,6 +59,15 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def core_slots(jobs: int) -> list[set[int]] | None:
+    """Disjoint core sets, one per concurrent run (None where affinity cannot be set)."""
+    if jobs <= 1 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // jobs)
+    return [set(cores[(i * per) % len(cores):(i * per) % len(cores) + per]) for i in range(jobs)]
+
+
 def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
     cores = _cores()
     try:
@@ -77,16 +87,17 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, log=prin
     jobs = jobs or parallelism(len(todo))
     log(f"{grid.name}/{grid.scale}: {len(todo)} to train ({skipped} finished), {jobs} at a time")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if jobs > 1:  # one XLA thread per run, so parallel runs do not oversubscribe the cores
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-        env.setdefault("OMP_NUM_THREADS", "1")
+    slots = core_slots(jobs)
+    free = list(range(jobs))
+    if slots:
+        env.setdefault("OMP_NUM_THREADS", str(len(slots[0])))
     queue, active, outcomes = list(todo), {}, {}
     interrupted = False
 
     def stop(signum, frame):
         nonlocal interrupted
         interrupted = True
-        for p, _, _ in active.values():
+        for p, *_ in active.values():
             p.send_signal(signal.SIGTERM)
 
     old = signal.signal(signal.SIGINT, stop)
@@ -100,18 +111,22 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, log=prin
                 spec = write_spec(run, root)
                 d = run.directory(root)
                 out = (d / "train.log").open("a")
+                slot = free.pop(0)
+                pin = (lambda cpus=slots[slot]: os.sched_setaffinity(0, cpus)) if slots else None
                 p = subprocess.Popen(
                     [sys.executable, "-m", "study.cli", "train", "--workdir", str(d),
                      "--config", str(spec)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                    preexec_fn=pin,
                 )
-                active[p.pid] = (p, run, out)
+                active[p.pid] = (p, run, out, slot)
                 log(f"  start {run.run_id} {run.label} {run.varied} seed={run.config['seed']}")
             time.sleep(0.2)
-            for pid, (p, run, out) in list(active.items()):
+            for pid, (p, run, out, slot) in list(active.items()):
                 if p.poll() is None:
                     continue
                 out.close()
                 del active[pid]
+                free.append(slot)
                 st = status(run, root)
                 if p.returncode not in (0, 128 + signal.SIGTERM) and st not in FINISHED:
                     rundir.write_json(run.directory(root) / "result.json",

@@ -2,6 +2,8 @@ import os
 
 import jax
 
+import study  # noqa: F401  (sets the project's XLA:CPU flags before any backend starts)
+
 # XLA compiles dominate this suite on 2 CPU cores; a persistent cache makes reruns fast.
 jax.config.update(
     "jax_compilation_cache_dir",

@@ -132,6 +132,21 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
     g = grid.load(path, "smoke")
     result = json.loads((g.runs[0].directory(runs) / "result.json").read_text())
     assert df.loc[df.run_id == g.runs[0].run_id, "top1"].item() == result["top1"]
+    # Concurrent runs are pinned to disjoint shares of the cores, and say so in their metadata.
+    envs = [json.loads((r.directory(runs) / "environment.json").read_text()) for r in g.runs]
+    jobs, cores = launches[0]["jobs"], launches[0]["cores"]
+    assert all(len(e["cpu_affinity"]) == (cores // jobs if jobs > 1 else cores) for e in envs)
+    assert all("xla_cpu_experimental_ynn_fusion_type" in e["xla_flags"] for e in envs)
+
+
+def test_core_slots_are_disjoint_shares(monkeypatch):
+    from study import launch
+
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    slots = launch.core_slots(2)
+    assert slots == [{0, 1}, {2, 3}]
+    assert launch.core_slots(1) is None
+    assert [len(s) for s in launch.core_slots(8)] == [1] * 8  # more runs than cores: shared
 
 
 @pytest.mark.parametrize("name", ["agc", "agc-lambda", "agc-layers", "depth", "width", "variants"])
