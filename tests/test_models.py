@@ -10,6 +10,8 @@ from flax import nnx
 from study import models, published
 from study.models.activations import GAMMA, activation
 from study.models.nfnet import block_betas, expected_variances
+from study.models import ws_conv
+from study.models.layers import pool_pads
 from study.models.ws_conv import standardize
 from study.signal_prop import signal_propagation
 
@@ -138,6 +140,60 @@ def test_weight_standardization_conventions():
     tm = np.asarray(standardize(tiny, gain, "timm"))
     assert np.sqrt((dm**2).sum(axis=(0, 1, 2))).min() > 0.99
     assert np.sqrt((tm**2).sum(axis=(0, 1, 2))).max() < 0.35
+
+
+@pytest.mark.parametrize("style", ["deepmind", "timm"])
+def test_weight_standardization_gradients_equal_the_textbook_formula(style):
+    # standardize's fan-in sums are dots with a hand-written transpose (ws_conv.fan_in_broadcast):
+    # value and gradients must equal the plain mean/var formula's.
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=(3, 3, 8, 5)), jnp.float32)
+    gain = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
+
+    def textbook(w, gain):
+        mean, var, n = w.mean((0, 1, 2), keepdims=True), w.var((0, 1, 2), keepdims=True), 72
+        inv = (jax.lax.rsqrt(jnp.maximum(var * n, 1e-4)) if style == "deepmind"
+               else jax.lax.rsqrt((var + 1e-5) * n))
+        return (w - mean) * inv * gain * 1.7
+
+    def loss(f):
+        return lambda w, gain: jnp.sum(jnp.sin(3 * f(w, gain)))
+
+    ours = lambda w, gain: standardize(w, gain, style, 1.7)
+    np.testing.assert_allclose(ours(w, gain), textbook(w, gain), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.grad(loss(ours), (0, 1))(w, gain), jax.grad(loss(textbook), (0, 1))(w, gain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,k,stride,padding,groups", [
+    ((4, 2, 2, 16), 3, 1, "same", 1),       # patch matmul (2×2 output)
+    ((4, 4, 4, 16), 3, 2, "same", 1),       # patch matmul, stride 2, asymmetric 'same' pads
+    ((4, 3, 3, 8), 3, 2, "symmetric", 1),   # patch matmul, PyTorch padding
+    ((4, 1, 1, 16), 3, 1, "same", 2),       # split groups, each a patch matmul
+    ((4, 6, 6, 12), 3, 1, "same", 3),       # split groups, each an XLA conv
+    ((4, 6, 6, 8), 3, 1, "same", 8),        # depthwise-like: XLA's grouped conv
+])
+def test_cpu_conv_rewrites_equal_xla_convolution(x_shape, k, stride, padding, groups):
+    # ws_conv rewrites slow XLA:CPU conv cases (patch matmul, per-group split): same numbers
+    # and same gradients as the plain grouped convolution.
+    rng = np.random.default_rng(0)
+    cin = x_shape[-1]
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, cin // groups, 2 * groups)), jnp.float32)
+
+    def ref(x, w):
+        pads = pool_pads(x.shape, k, stride, padding)[1:3]
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=groups)
+
+    def ours(x, w):
+        return ws_conv.conv2d(x, w, stride, padding, groups)
+
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    for f_ours, f_ref in zip(jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))(x, w),
+                             jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), (0, 1))(x, w)):
+        np.testing.assert_allclose(f_ours, f_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_signal_propagation_nf_resnet_50_follows_alpha_schedule():

@@ -26,22 +26,70 @@ from study.models.layers import constant_init, normal_init, pool_pads
 WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
 # Grouped convs with at most this many groups run as one dense conv per group on CPU.
 SPLIT_GROUPS_MAX = 32
+# On CPU, k×k convs whose output map has at most this many pixels run as one patch matmul.
+IM2COL_MAX_PIXELS = 4
+
+
+def fan_in_sum(x: jax.Array) -> jax.Array:
+    """Sum over every axis but the last (a kernel's fan-in), keeping dims.
+
+    A vector-matrix product rather than ``jnp.sum``: XLA:CPU runs reductions over the leading
+    axes of a large kernel as slow column reductions (NF-ResNet-50's 1024×2048 kernel: 50 ms);
+    as a dot they run in the matmul library (BENCHMARKS.md).
+    """
+    n = math.prod(x.shape[:-1])
+    s = jnp.ones((n,), x.dtype) @ x.reshape(n, x.shape[-1])
+    return s.reshape((1,) * (x.ndim - 1) + x.shape[-1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def fan_in_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``v`` (1, …, 1, O) broadcast to a kernel's ``shape``; its transpose is :func:`fan_in_sum`
+    (autodiff's own transpose of a broadcast is the slow column reduction)."""
+    return jnp.broadcast_to(v, shape)
+
+
+fan_in_broadcast.defvjp(lambda v, shape: (jnp.broadcast_to(v, shape), None),
+                        lambda shape, _, g: (fan_in_sum(g),))
 
 
 def standardize(kernel: jax.Array, gain: jax.Array, eps_style: str, gamma: float = 1.0) -> jax.Array:
     """Returns the scaled, standardised HWIO kernel (computed in float32)."""
     w = kernel.astype(jnp.float32)
     fan_in = math.prod(w.shape[:-1])
-    mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
-    var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+    mean = fan_in_sum(w) / fan_in
+    centered = w - fan_in_broadcast(mean, w.shape)
+    var = fan_in_sum(centered * centered) / fan_in
     if eps_style == "deepmind":
         inv = jax.lax.rsqrt(jnp.maximum(var * fan_in, WS_EPS["deepmind"]))
     elif eps_style == "timm":
         inv = jax.lax.rsqrt((var + WS_EPS["timm"]) * fan_in)
     else:
         raise ValueError(f"ws_eps: unknown {eps_style!r}; valid: deepmind, timm")
-    scale = inv * (gain.astype(jnp.float32) * gamma)
-    return w * scale - mean * scale
+    return centered * fan_in_broadcast(inv * (gain.astype(jnp.float32) * gamma), w.shape)
+
+
+def _patch_matmul(x: jax.Array, w: jax.Array, stride: int, pads: list[tuple[int, int]]) -> jax.Array:
+    """The same convolution as one matmul over the k×k input patches (im2col)."""
+    kh, kw, ci, co = w.shape
+    xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            for i in range(kh) for j in range(kw)]  # (i, j, c) order = the HWIO kernel's reshape
+    return jnp.concatenate(cols, -1) @ w.reshape(kh * kw * ci, co)
+
+
+def _dense(x: jax.Array, w: jax.Array, stride: int, pads: list[tuple[int, int]]) -> jax.Array:
+    kh = w.shape[0]
+    ho = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
+    wo = (x.shape[2] + sum(pads[1]) - kh) // stride + 1
+    if kh > 1 and ho * wo <= IM2COL_MAX_PIXELS and jax.default_backend() == "cpu":
+        # XLA:CPU's k×k conv on a map of a few pixels (mostly padding) runs at 3-5 GFLOP/s
+        # forward and input-gradient; as a patch matmul, 60: NF-ResNet-50's 3×3 at 2×2 px,
+        # batch 32: 62 ms fwd+bwd as a conv, 12.6 ms as a matmul (BENCHMARKS.md).
+        return _patch_matmul(x, w, stride, pads)
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def conv2d(
@@ -50,20 +98,21 @@ def conv2d(
     """NHWC × HWIO convolution with 'same' (TF) or 'symmetric' (PyTorch) padding; counts MACs."""
     kh = w.shape[0]
     pads = pool_pads(x.shape, kh, stride, padding)[1:3]
-    conv = functools.partial(
-        jax.lax.conv_general_dilated, window_strides=(stride, stride), padding=pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
     w = w.astype(x.dtype)
-    if 1 < groups <= SPLIT_GROUPS_MAX and jax.default_backend() == "cpu":
+    if groups == 1:
+        out = _dense(x, w, stride, pads)
+    elif groups <= SPLIT_GROUPS_MAX and jax.default_backend() == "cpu":
         # XLA:CPU runs grouped convolutions, and above all their kernel gradient, far slower
         # than dense ones (NFNet-F0's 6-group 3×3 at 16×16, batch 32: 51 s fwd+bwd grouped vs
         # 3.6 s as 6 dense convs; BENCHMARKS.md). Same sums per output channel.
         out = jnp.concatenate([
-            conv(xg, wg) for xg, wg in zip(jnp.split(x, groups, -1), jnp.split(w, groups, -1))
+            _dense(xg, wg, stride, pads)
+            for xg, wg in zip(jnp.split(x, groups, -1), jnp.split(w, groups, -1))
         ], axis=-1)
     else:
-        out = conv(x, w, feature_group_count=groups)
+        out = jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           feature_group_count=groups)
     macs.record(out.shape[1] * out.shape[2] * math.prod(w.shape))
     return out
 
