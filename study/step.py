@@ -65,10 +65,11 @@ def make_train_step(
             loss, correct = lsum + loss, csum + correct
         return rest, g, loss, correct
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    # accum is static: with one micro-batch the division (a pass over every gradient) vanishes.
+    @functools.partial(jax.jit, donate_argnums=0, static_argnums=5)
     def apply_step(state, rest, gsum, lsum, csum, accum, examples):
         params = state["params"]
-        grads = jax.tree.map(lambda g: g / accum, gsum)
+        grads = gsum if accum == 1 else jax.tree.map(lambda g: g / accum, gsum)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = optax.apply_updates(params, updates)
         # EMA of the parameters; a BN model's EMA evaluation uses the running statistics,
@@ -104,7 +105,7 @@ def make_train_step(
                 x, y, dist = (put(v, sharding) for v in (x, y, dist))
             rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
         examples = sum(batch["label"][i].shape[0] for i in range(accum))
-        return apply_step(state, rest, gsum, lsum, csum, float(accum), float(examples))
+        return apply_step(state, rest, gsum, lsum, csum, accum, float(examples))
 
     return step
 

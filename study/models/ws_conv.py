@@ -13,7 +13,6 @@ They agree for well-scaled kernels and diverge for small-variance ones (weight d
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models import macs
+from study.fan_in import fan_in_broadcast, fan_in_sum
 from study.models.layers import constant_init, normal_init, pool_pads
 
 WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
@@ -28,29 +28,6 @@ WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
 SPLIT_GROUPS_MAX = 32
 # On CPU, k×k convs whose output map has at most this many pixels run as one patch matmul.
 IM2COL_MAX_PIXELS = 4
-
-
-def fan_in_sum(x: jax.Array) -> jax.Array:
-    """Sum over every axis but the last (a kernel's fan-in), keeping dims.
-
-    A vector-matrix product rather than ``jnp.sum``: XLA:CPU runs reductions over the leading
-    axes of a large kernel as slow column reductions (NF-ResNet-50's 1024×2048 kernel: 50 ms);
-    as a dot they run in the matmul library (BENCHMARKS.md).
-    """
-    n = math.prod(x.shape[:-1])
-    s = jnp.ones((n,), x.dtype) @ x.reshape(n, x.shape[-1])
-    return s.reshape((1,) * (x.ndim - 1) + x.shape[-1:])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def fan_in_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``v`` (1, …, 1, O) broadcast to a kernel's ``shape``; its transpose is :func:`fan_in_sum`
-    (autodiff's own transpose of a broadcast is the slow column reduction)."""
-    return jnp.broadcast_to(v, shape)
-
-
-fan_in_broadcast.defvjp(lambda v, shape: (jnp.broadcast_to(v, shape), None),
-                        lambda shape, _, g: (fan_in_sum(g),))
 
 
 def standardize(kernel: jax.Array, gain: jax.Array, eps_style: str, gamma: float = 1.0) -> jax.Array:
