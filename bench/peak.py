@@ -8,6 +8,7 @@ this machine (BENCHMARKS.md): batch 32, 28×28, 128 → 128 channels, NHWC, 'SAM
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import jax
@@ -33,7 +34,8 @@ class Peak:
         self.matmul = jax.jit(lambda a, b: a @ b)
         self.conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
             x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-        self.round()  # compile both
+        for _ in range(3):  # compile both; the first calls run well below peak (warm-up)
+            self.round()
 
     def round(self) -> dict[str, float]:
         out = {}
@@ -43,3 +45,8 @@ class Peak:
             jax.block_until_ready(fn(*args))
             out[name] = flop / (time.perf_counter() - t0)
         return out
+
+    def median(self, rounds: int = 5) -> dict[str, float]:
+        """Median FLOP/s over ``rounds`` rounds."""
+        runs = [self.round() for _ in range(rounds)]
+        return {k: statistics.median(r[k] for r in runs) for k in runs[0]}

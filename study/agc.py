@@ -31,8 +31,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from study.fan_in import fan_in_sum
-
 DIVISION_GUARD = 1e-6
 CLASSIFIER: tuple[str, ...] = ("head/kernel",)
 
@@ -78,8 +76,7 @@ def _norm(x: jax.Array, axes: tuple[int, ...] | None) -> jax.Array:
     x = x.astype(jnp.float32)
     if axes is None:
         return jnp.sqrt(jnp.sum(x * x))
-    # Unit-wise axes are always the leading ones: a dot, not XLA:CPU's slow column reduction.
-    return jnp.sqrt(fan_in_sum(x * x, len(axes)))
+    return jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True))
 
 
 def _check_pattern(p: Any) -> str:

@@ -1,10 +1,12 @@
-"""Sums over a kernel's leading (fan-in) axes as dots, for weight standardisation and AGC.
+"""Sums over a kernel's leading (fan-in) axes as dots, for weight standardisation.
 
 XLA:CPU runs a reduction over the leading axes of a large kernel (keeping the output-channel
 axis) as a slow column reduction: NF-ResNet-50's 1×1×1024×2048 kernel took 50 ms, as much as
 the step's largest convolutions (BENCHMARKS.md). The same sum as a vector-matrix product runs in
 the matmul library. Autodiff's transpose of a broadcast is that slow reduction again, so
-:func:`fan_in_broadcast` gives the broadcast a dot as its transpose.
+:func:`fan_in_broadcast` gives the broadcast a dot as its transpose. (AGC's unit-wise norms
+stay ``jnp.sum``: there the squared tensor would have to be written out for the dot, and the
+optimizer step measured 15-20% slower.)
 """
 
 from __future__ import annotations
