@@ -109,13 +109,17 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
+    from study import yamlfile
+
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = yamlfile.load(f.read()) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config: {path} not found") from None
+    except yamlfile.DuplicateKeyError as e:
+        raise ConfigError(f"--config: {path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--config: {path} is not valid YAML ({yamlfile.first_line(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of keys")
     return data
@@ -152,7 +156,7 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
     for k in pos:
         if cfg[k] < 1:
             raise ConfigError(f"{k}: must be >= 1, got {cfg[k]}")
-    for k in ["steps", "eval_every", "image_size", "eval_image_size", "data_workers"]:
+    for k in ["steps", "eval_every", "image_size", "eval_image_size", "data_workers", "seed"]:
         if cfg[k] < 0:
             raise ConfigError(f"{k}: must be >= 0, got {cfg[k]}")
     for k in ["base_lr", "agc_clipping", "agc_eps", "loss_bound"]:
@@ -163,6 +167,9 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
             raise ConfigError(f"{k}: must be a finite number >= 0, got {cfg[k]}")
     if cfg["steps"] == 0 and cfg["epochs"] <= 0:
         raise ConfigError("epochs: must be > 0 when steps is 0")
+    if cfg["steps"] == 0 and cfg["warmup_epochs"] > cfg["epochs"]:
+        raise ConfigError(f"warmup_epochs: {cfg['warmup_epochs']} is longer than the training "
+                          f"(epochs: {cfg['epochs']})")
     if not 0 <= cfg["ema_decay"] < 1:
         raise ConfigError(f"ema_decay: must be in [0, 1), got {cfg['ema_decay']}")
     if not 0 <= cfg["label_smoothing"] < 1:

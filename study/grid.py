@@ -26,17 +26,19 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from study import config as config_lib
+from study import yamlfile
 
 SCALES = ("smoke", "local", "paper")
 TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report"}
 BLOCK_KEYS = {"set", "axes", "zip", "label"}
 SCALE_KEYS = {"base", "seeds", "axes", "blocks"}
+# A grid this large is almost always a typo (200,000 seeds); `--max-runs` raises the limit.
+MAX_RUNS = 10_000
 
 
 class GridError(ValueError):
@@ -101,11 +103,13 @@ def _header(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = None) -> Grid:
+def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = None,
+         max_runs: int = MAX_RUNS) -> Grid:
     """Parses, expands and validates a grid file at ``scale``.
 
     Data paths are checked except at the paper scale, which runs on a cluster (its runs check
-    their data when they start).
+    their data when they start). The number of runs is counted before anything is expanded,
+    and a grid over ``max_runs`` is refused.
     """
     check_paths = scale != "paper" if check_paths is None else check_paths
     path = Path(path)
@@ -116,9 +120,11 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     except FileNotFoundError:
         raise GridError(f"{path}: no such grid file") from None
     try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise GridError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        spec = yamlfile.load(text)
+    except yamlfile.DuplicateKeyError as e:
+        raise GridError(f"{path}: {e}") from None
+    except yamlfile.yaml.YAMLError as e:
+        raise GridError(f"{path}: not valid YAML ({yamlfile.first_line(e)})") from None
     spec = _mapping(spec, str(path))
     unknown = set(spec) - TOP_KEYS
     if unknown:
@@ -141,6 +147,8 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     seeds = over.get("seeds", spec.get("seeds", [0]))
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise GridError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    if any(s < 0 for s in seeds):
+        raise GridError(f"{path}: seeds: must be >= 0, got {min(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"{path}: seeds: repeated seed in {seeds}")
     axis_over = _axes(over.get("axes"), f"{path}: scales.{scale}.axes")
@@ -152,8 +160,8 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     if best is not None and not (isinstance(best, int) and 1 <= best <= len(seeds)):
         raise GridError(f"{path}: aggregate.best: expected an integer in 1..{len(seeds)}, got {best!r}")
 
-    runs: list[Run] = []
-    seen: dict[str, Run] = {}
+    # Pass 1: each block's structure and its number of points, before any expansion.
+    shapes = []
     for i, block in enumerate(blocks):
         where = f"{path}: blocks[{i}]"
         block = _mapping(block, where)
@@ -173,6 +181,17 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
             if len(lengths) > 1:
                 raise GridError(f"{where}.zip[{j}]: zipped lists differ in length {sorted(lengths)}")
             groups.append([dict(zip(z, vals)) for vals in zip(*z.values())])
+        shapes.append((where, block, fixed, axes, groups))
+    size = len(seeds) * sum(math.prod(len(v) for v in axes.values()) * math.prod(len(g) for g in groups)
+                            for _, _, _, axes, groups in shapes)
+    if size > max_runs:
+        raise GridError(f"{path}: grid size: {size:,} runs exceeds the limit of {max_runs:,} "
+                        "(pass --max-runs to allow it)")
+
+    # Pass 2: every run's resolved config.
+    runs: list[Run] = []
+    seen: dict[str, Run] = {}
+    for i, (where, block, fixed, axes, groups) in enumerate(shapes):
         axis_points = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
         for point in itertools.product(axis_points, *groups):
             varied: dict[str, Any] = dict(fixed)  # a block's fixed keys set it apart too

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 
-from study import launch
+from study import launch, yamlfile
 from study.grid import Grid
 
 PROFILE_KEYS = {
@@ -37,11 +36,13 @@ class ProfileError(ValueError):
 def load_profile(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yamlfile.load(path.read_text())
     except FileNotFoundError:
         raise ProfileError(f"PROFILE: {path} not found (see slurm/*.yaml)") from None
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except yamlfile.DuplicateKeyError as e:
+        raise ProfileError(f"{path}: {e}") from None
+    except yamlfile.yaml.YAMLError as e:
+        raise ProfileError(f"{path}: not valid YAML ({yamlfile.first_line(e)})") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of keys")
     for key, value in data.items():

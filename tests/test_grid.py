@@ -82,6 +82,21 @@ MALFORMED = [
     (GOOD.replace("axes: {agc: [true, false]}", "zip: [{agc: [true, false], seed: [1]}]"), "differ in length"),
     (GOOD.replace("epochs", "x").replace("steps: 3", "steps: -3"), "steps"),
     (GOOD.replace("axes: {agc: [true, false]}", "axes: {task: [latency, benchmark]}"), "task"),
+    # Issue 12: a repeated key anywhere (flow or block style, any level), negative seeds, warmup
+    # longer than training, grids over the size limit.
+    (GOOD.replace("steps: 3,", "epochs: 2, steps: 3, epochs: 3,"), "epochs: duplicate key"),
+    (GOOD + "name: tiny2\n", "name: duplicate key (lines 3 and 15)"),
+    (GOOD.replace("  - label: nf\n", "  - label: nf\n    label: nf2\n"), "label: duplicate key"),
+    (GOOD.replace("local: {base: {steps: 5}}", "local: {base: {steps: 5, steps: 6}}"), "steps: duplicate key"),
+    (GOOD.replace("seeds: [0]", "seeds: [-1]"), "seeds: must be >= 0"),
+    (GOOD.replace("seeds: [0]", "seeds: [0, 1, -7]"), "seeds: must be >= 0, got -7"),
+    (GOOD.replace("steps: 3,", "epochs: 2, warmup_epochs: 50,"), "warmup_epochs"),
+    (GOOD.replace("seeds: [0]", "seeds: [" + ", ".join(map(str, range(20_000))) + "]"),
+     "grid size: 60,000 runs exceeds the limit of 10,000"),
+    (GOOD.replace("axes: {agc: [true, false]}", "axes: {" + ", ".join(
+        f"{k}: [{', '.join(str(0.01 * (i + 1)) for i in range(20))}]"
+        for k in ("agc_clipping", "base_lr", "weight_decay", "label_smoothing", "agc_eps")) + "}"),
+     "grid size: 3,200,001 runs"),
 ]
 
 
@@ -98,6 +113,34 @@ def test_malformed_grid_is_a_one_line_error_naming_the_key(tmp_path, text, key):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], r.stderr
     assert not (tmp_path / "runs").exists()  # nothing launched
+
+
+def test_malformed_cases_cover_issue_12():
+    assert len(MALFORMED) >= 30
+
+
+def test_max_runs_limit_is_overridable(tmp_path):
+    path = write(tmp_path, GOOD)
+    with pytest.raises(grid.GridError, match="grid size: 3 runs exceeds the limit of 2"):
+        grid.load(path, "smoke", max_runs=2)
+    assert len(grid.load(path, "smoke", max_runs=3).runs) == 3
+    r = subprocess.run([sys.executable, "-m", "study.cli", "grid", "show", str(path), "--scale",
+                        "smoke", "--max-runs", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--max-runs" in r.stderr
+
+
+def test_duplicate_keys_in_a_config_file_and_a_profile(tmp_path):
+    from study import config as config_lib
+    from study import slurm
+
+    cfg = write(tmp_path, "steps: 3\nseed: 1\nsteps: 4\n", "c.yaml")
+    with pytest.raises(config_lib.ConfigError, match="steps: duplicate key"):
+        config_lib.load_file(cfg)
+    prof = write(tmp_path, "partition: debug\ntimeout_min: 5\npartition: gpu\n", "p.yaml")
+    with pytest.raises(slurm.ProfileError, match="partition: duplicate key"):
+        slurm.load_profile(prof)
+    with pytest.raises(config_lib.ConfigError, match="seed: must be >= 0"):
+        config_lib.resolve({"seed": -1})
 
 
 def test_unknown_scale_and_missing_file(tmp_path):
