@@ -34,10 +34,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(*parts: object) -> None:
+    """print() that outlives its reader: after ``| head`` closes the pipe, output stops and the
+    command goes on (a launcher must keep watching its runs)."""
+    try:
+        print(*parts, flush=True)
+    except BrokenPipeError:
+        _detach_stdout()
+
+
+def _detach_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # later writes (and the exit flush) go nowhere
+
+
 def _train(args: argparse.Namespace) -> int:
     import logging
 
     from study import config as config_lib
+    from study import runlock
+    from study import status as run_status
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -52,8 +70,11 @@ def _train(args: argparse.Namespace) -> int:
     except (config_lib.ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: result.get(k) for k in ("status", "steps", "top1", "top5", "ema_top1",
-                                                  "step_time_ms")}))
+    except runlock.Busy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return run_status.BUSY_EXIT
+    _say(json.dumps({k: result.get(k) for k in ("status", "steps", "top1", "top5", "ema_top1",
+                                                 "step_time_ms")}))
     return 0
 
 
@@ -75,7 +96,8 @@ def _load_grid(args: argparse.Namespace):
     from study import grid as grid_lib
 
     try:
-        return grid_lib.load(args.file, args.scale)
+        return grid_lib.load(args.file, args.scale,
+                             max_runs=getattr(args, "max_runs", None) or grid_lib.MAX_RUNS)
     except grid_lib.GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
@@ -96,33 +118,52 @@ def _grid(args: argparse.Namespace) -> int:
             except slurm.ProfileError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            slurm.submit(g, args.runs_dir, profile)
+            slurm.submit(g, args.runs_dir, profile, log=_say)
             return 0
-        launch.run_local(g, args.runs_dir, jobs=args.jobs)
-        args.action = "status"
-    if args.action in ("show", "status"):
-        print(f"{g.name} ({g.scale}): {len(g.runs)} runs" + (f" — {g.header.splitlines()[0]}" if g.header else ""))
-        keys = sorted({k for r in g.runs for k in r.varied})
-        head = f"{'run_id':12}  {'label':12} " + " ".join(f"{k:>12}" for k in keys) + f" {'seed':>5}"
-        if args.action == "status":
-            head += f"  {'status':11} {'result':>9}"
-        print(head)
-        counts: dict[str, int] = {}
-        for r in g.runs:
-            line = f"{r.run_id:12}  {r.label:12} " + " ".join(
-                f"{str(r.varied.get(k, '')):>12}" for k in keys) + f" {r.config['seed']:>5}"
-            if args.action == "status":
-                st = launch.status(r, args.runs_dir)
-                counts[st] = counts.get(st, 0) + 1
-                shown = ""
-                if st in ("done", "diverged"):  # top-1, or a latency run's step time
-                    res = json.loads((r.directory(args.runs_dir) / "result.json").read_text())
-                    t, ms = res.get("top1"), res.get("latency_ms")
-                    shown = f"{t:.4f}" if t is not None else f"{ms:.1f} ms" if ms is not None else "-"
-                line += f"  {st:11} {shown:>9}"
-            print(line)
-        if counts:
-            print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        outcome = launch.run_local(g, args.runs_dir, jobs=args.jobs, retries=args.retries, log=_say)
+        code = _grid_table(g, args, show_status=True)
+        if outcome["failed_runs"]:
+            print(f"error: {len(outcome['failed_runs'])} run(s) failed: "
+                  f"{', '.join(outcome['failed_runs'])} (train.log in each run directory)", file=sys.stderr)
+            return 1
+        return 130 if outcome["interrupted"] else code
+    return _grid_table(g, args, show_status=args.action == "status")
+
+
+def _grid_table(g, args: argparse.Namespace, show_status: bool) -> int:
+    """The runs of a grid, one per line, with their status and result; 1 if any record is bad."""
+    from study import launch
+    from study import status as run_status
+
+    print(f"{g.name} ({g.scale}): {len(g.runs)} runs" + (f" — {g.header.splitlines()[0]}" if g.header else ""))
+    keys = sorted({k for r in g.runs for k in r.varied})
+    head = f"{'run_id':12}  {'label':12} " + " ".join(f"{k:>12}" for k in keys) + f" {'seed':>5}"
+    if show_status:
+        head += f"  {'status':11} {'result':>9}"
+    print(head)
+    counts: dict[str, int] = {}
+    incomplete = []
+    for r in g.runs:
+        line = f"{r.run_id:12}  {r.label:12} " + " ".join(
+            f"{str(r.varied.get(k, '')):>12}" for k in keys) + f" {r.config['seed']:>5}"
+        if show_status:
+            st = launch.status(r, args.runs_dir)
+            counts[st] = counts.get(st, 0) + 1
+            shown = ""
+            if st == run_status.Status.INCOMPLETE:
+                incomplete.append(r.run_id)
+            if st in run_status.FINISHED:  # top-1, or a latency run's step time
+                res = json.loads((r.directory(args.runs_dir) / "result.json").read_text())
+                t, ms = res.get("top1"), res.get("latency_ms")
+                shown = f"{t:.4f}" if t is not None else f"{ms:.1f} ms" if ms is not None else "-"
+            line += f"  {st:11} {shown:>9}"
+        print(line)
+    if counts:
+        print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if incomplete:
+        print(f"error: {', '.join(incomplete)}: result.json says done without its final metrics; "
+              "`study grid run` re-evaluates from the final checkpoint", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,13 +192,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     from study import __version__
 
-    if hasattr(signal, "SIGPIPE"):  # `study grid status ... | head` ends quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
+    # SIGPIPE stays ignored (Python's default): a training process writes to sockets and pipes
+    # of its own (orbax's event loops), and the default action would kill it on any EPIPE.
+    # A closed stdout is handled where output is written (``_say``, and ``main`` for the rest).
     parser = argparse.ArgumentParser(prog="study", description=__doc__)
     parser.add_argument("--version", action="version", version=f"study {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--backend", choices=("local", "slurm"), default="local")
             q.add_argument("--profile", default="slurm/local.yaml", help="SLURM profile (slurm/*.yaml)")
             q.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by cores/memory)")
+            q.add_argument("--retries", type=int, default=1,
+                           help="resume a run that died of a signal this many times (default 1)")
+        q.add_argument("--max-runs", type=int, default=None,
+                       help="refuse grids larger than this (default: study.grid.MAX_RUNS)")
         q.set_defaults(func=_grid)
     p = sub.add_parser("results", help="gather a grid's runs into results.parquet / .csv")
     p.add_argument("file")
@@ -210,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.set_defaults(func=_latency)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
+        return code
+    except BrokenPipeError:  # `study grid status ... | head`: end quietly
+        _detach_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a reader gone
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,7 +32,7 @@ def table(grid: Grid, root: str | Path) -> pd.DataFrame:
     for run in grid.runs:
         d = run.directory(root)
         row: dict[str, Any] = {"grid": grid.name, "scale": grid.scale, "run_id": run.run_id,
-                               "label": run.label, "status": status(run, root), "dir": str(d)}
+                               "label": run.label, "status": str(status(run, root)), "dir": str(d)}
         row.update({f"axis.{k}": v for k, v in run.varied.items()})
         for k, v in run.config.items():
             if k == "model_overrides":

@@ -85,11 +85,41 @@ def environment() -> dict[str, Any]:
     }
 
 
-class MetricsLog:
-    """Append-only JSON lines; on resume, lines past the restored step are dropped."""
+def last_checkpoint(workdir: Path) -> int | None:
+    """The newest committed checkpoint step of a run (orbax renames a step's dir on commit)."""
+    d = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
+    return max(steps, default=None)
 
-    def __init__(self, path: Path, resume_step: int | None):
+
+def last_rows(path: Path, step: int) -> dict[str, Any]:
+    """The train metrics and the evaluation logged at ``step``, merged (for a resume at the end
+    from a checkpoint that predates the metrics it now carries)."""
+    out: dict[str, Any] = {}
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line) if line else {}
+        if row.get("step") != step:
+            continue
+        if row.get("kind") == "train":
+            out.update({k: v for k, v in row.items() if k not in ("step", "epoch", "kind", "images_per_s")})
+        elif row.get("kind") == "eval":
+            out.update(top1=row["top1"], top5=row["top5"], ema_top1=row["ema_top1"], eval_step=step)
+    return out
+
+
+class MetricsLog:
+    """Append-only JSON lines; on resume, lines past the restored step are dropped.
+
+    ``enabled=False`` (every process but the first of a multi-process run) writes nothing.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -99,6 +129,8 @@ class MetricsLog:
             os.replace(tmp, path)
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row, default=_jsonable) + "\n")
             f.flush()
