@@ -264,7 +264,9 @@ def _figure(figs: dict, key: str) -> str:
 
 def status(grids: dict[str, GridResults]) -> pd.DataFrame:
     """Runs per grid and status (done, diverged, missing, running, ...), and why a grid is empty."""
-    known = ["done", "diverged", "running", "interrupted", "failed", "pending", "missing"]
+    from study.status import Status
+
+    known = [str(s) for s in Status]
     rows = []
     for name, g in grids.items():
         counts = column(g.table, "status", "").value_counts().to_dict() if not g.table.empty else {}

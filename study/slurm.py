@@ -24,7 +24,7 @@ PROFILE_KEYS = {
     "partition": str, "nodes": int, "tasks_per_node": int, "gpus_per_node": int,
     "cpus_per_task": int, "mem_gb": (int, float), "timeout_min": int, "array_parallelism": int,
     "account": (str, type(None)), "qos": (str, type(None)), "constraint": (str, type(None)),
-    "setup": list, "max_num_timeout": int,
+    "setup": list, "max_num_timeout": int, "signal_delay_s": int,
 }
 REQUIRED = ("partition", "timeout_min")
 
@@ -69,14 +69,19 @@ def max_array_size() -> int:
 
 
 class TrainTask(submitit.helpers.Checkpointable):
-    """One run; ``checkpoint()`` (from Checkpointable) resubmits it, and it resumes itself."""
+    """One run; ``checkpoint()`` (from Checkpointable) resubmits it, and it resumes itself.
+
+    On USR2 (preemption notice, or the time limit's, ``signal_delay_s`` before it) the trainer
+    checkpoints at its step boundary, then hands over to submitit's handler, which requeues.
+    With several tasks (``tasks_per_node`` × ``nodes``) each task is one JAX process.
+    """
 
     def __call__(self, workdir: str, spec: str) -> dict:
         from study import config as config_lib
         from study.train import train
 
         cfg = config_lib.resolve(config_lib.load_file(spec))
-        return train(workdir, cfg, progress=False, handle_signals=False)
+        return train(workdir, cfg, progress=False)
 
 
 def submit(grid: Grid, root: str | Path, profile: dict[str, Any], log=print) -> list[str]:
@@ -91,7 +96,7 @@ def submit(grid: Grid, root: str | Path, profile: dict[str, Any], log=print) -> 
     params = {k: profile[k] for k in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
                                       "mem_gb", "timeout_min") if k in profile}
     slurm = {f"slurm_{k}": profile[k] for k in ("partition", "account", "qos", "constraint",
-                                                 "array_parallelism", "setup")
+                                                 "array_parallelism", "setup", "signal_delay_s")
              if profile.get(k) is not None}
     executor.update_parameters(name=f"{grid.name}-{grid.scale}", **params, **slurm)
     dirs, specs = [], []

@@ -104,7 +104,8 @@ def make_train_step(
             if sharding is not None:
                 x, y, dist = (put(v, sharding) for v in (x, y, dist))
             rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
-        examples = sum(batch["label"][i].shape[0] for i in range(accum))
+        # The host's batch is its 1/process_count share of the global one.
+        examples = jax.process_count() * sum(batch["label"][i].shape[0] for i in range(accum))
         return apply_step(state, rest, gsum, lsum, csum, accum, float(examples))
 
     return step

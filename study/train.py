@@ -41,15 +41,25 @@ log = logging.getLogger("study.train")
 
 
 class _Signals:
-    """SIGTERM / SIGUSR2 / SIGHUP set a flag; the loop checkpoints at the next step boundary."""
+    """SIGTERM / SIGUSR2 / SIGHUP set a flag; the loop checkpoints at the next step boundary.
+
+    A handler installed before ours (submitit's: on USR2 it checkpoints the submission,
+    requeues the job and exits) is called after our checkpoint, outside signal context, so a
+    preempted or timed-out SLURM job saves its exact step and is then requeued.
+    """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)) -> None:
         self.received: int | None = None
-        for sig in signals:
-            signal.signal(sig, self._handler)
+        self.previous = {sig: signal.signal(sig, self._handler) for sig in signals}
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum
+
+    def chain(self, signum: int) -> None:
+        """Run the handler ours replaced for ``signum``, if it was a Python one."""
+        prev = self.previous.get(signum)
+        if callable(prev):
+            prev(signum, None)
 
 
 def evaluate(eval_step, params, rest, data, batch: int, sharding) -> tuple[float, float]:
@@ -118,7 +128,6 @@ def _who() -> dict:
 
 def train(
     workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = None,
-    handle_signals: bool = True,
 ) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns what it writes to ``result.json``."""
     workdir = Path(workdir)
@@ -159,7 +168,7 @@ def train(
             return previous
         where = {"step": 0, "total": None, "recorded": False}  # for the record of a death
         try:
-            return _train(workdir, cfg, data, primary, where, progress, handle_signals)
+            return _train(workdir, cfg, data, primary, where, progress)
         except BaseException as e:
             if primary and not where["recorded"]:
                 rundir.write_json(workdir / "result.json",
@@ -168,7 +177,7 @@ def train(
 
 
 def _train(workdir: Path, cfg: dict[str, Any], data: input_pipeline.Data, primary: bool,
-           where: dict, progress: bool | None, handle_signals: bool) -> dict:
+           where: dict, progress: bool | None) -> dict:
     """The trainer proper, top to bottom; ``where`` tracks the step for a death record."""
     n_dev = jax.device_count()
     steps_per_epoch = data.train_size / cfg["batch_size"]
@@ -217,9 +226,9 @@ def _train(workdir: Path, cfg: dict[str, Any], data: input_pipeline.Data, primar
         g_train, tx, lr, num_classes=data.num_classes, label_smoothing=cfg["label_smoothing"],
         ema_decay=cfg["ema_decay"], **common)
     eval_step = jax.jit(make_eval_step(g_eval, **common))
-    # Under submitit, its own SIGUSR2 handler requeues the job (and it ignores SIGTERM, which
-    # SLURM sends on requeue or preemption): the trainer then takes SIGTERM only.
-    signals = _Signals() if handle_signals else _Signals((signal.SIGTERM,))
+    # SLURM sends SIGTERM on requeue and preemption, USR2 before the time limit (submitit's
+    # --signal); a terminal's hangup is SIGHUP. All three checkpoint and stop.
+    signals = _Signals()
     show = (sys.stderr.isatty() if progress is None else progress) and primary
     bar = None
     if show:
@@ -308,6 +317,7 @@ def _train(workdir: Path, cfg: dict[str, Any], data: input_pipeline.Data, primar
             log.warning("%s: checkpointed at step %d, exiting", signal.Signals(sig).name, step)
             finish({"status": run_status.Status.INTERRUPTED, "steps": step,
                     "error": signal.Signals(sig).name, "last_checkpoint": step})
+            signals.chain(sig)  # under submitit: requeue (and exit) now that the step is saved
             raise SystemExit(128 + sig)
     if last.get("eval_step") != total:  # restored at the end from a checkpoint without its eval
         evaluate_all(total)
