@@ -13,6 +13,7 @@ import pytest
 
 from study import aggregate, claims, comparison, grid, published, report, rundir
 from study.models import PRESETS
+from study.runlock import RunLock
 
 GRIDS = Path(__file__).resolve().parent.parent / "ablations"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -189,7 +190,9 @@ def fake_runs(root: Path, outcome) -> int:
             rundir.write_json(d / "environment.json", {"device_kind": "cpu", "device_count": 1,
                                                        "git": {"commit": "0123456789abcdef", "dirty": False}})
             rundir.write_json(d / "result.json", result)
-            if result["status"] != "running":
+            if result["status"] == "running":  # a live trainer holds its run's lock
+                HELD.append(RunLock(d).__enter__())
+            else:
                 top1 = result.get("top1") or 0.1
                 lines = [{"step": s, "epoch": s / 4, "kind": "train", "loss": 2.3 / s, "lr": 0.1,
                           "clip_fraction": 0.1 * s if run.config["agc"] else 0.0} for s in (1, 2, 3, 4)]
@@ -197,6 +200,9 @@ def fake_runs(root: Path, outcome) -> int:
                 (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
             n += 1
     return n
+
+
+HELD: list = []  # the run locks of the fake live runs, held for the whole test session
 
 
 def outcome(run, i):
@@ -209,7 +215,8 @@ def outcome(run, i):
     base = {"agc": 0.6, "agc-lambda": 0.5, "agc-layers": 0.55, "depth": 0.4, "width": 0.45}.get(run.grid)
     if base is None:
         return None  # smoke "variants" (nano models): latency comes from latency_rows below
-    return {"status": "done", "top1": base + 0.01 * i, "top5": 0.9, "steps": 4, "step_time_ms": 10.0}
+    return {"status": "done", "top1": base + 0.01 * i, "top5": 0.9, "ema_top1": base, "final_loss": 1.0,
+            "steps": 4, "step_time_ms": 10.0}
 
 
 def latency_grid() -> report.GridResults:
