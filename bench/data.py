@@ -3,7 +3,7 @@
 - Fashion-MNIST (in memory, the local default's data) and an ImageNet-style JPEG folder (made
   here: 375×500 JPEGs, the ILSVRC median size, decoded with the paper's train augmentation:
   Inception crop, flip, resize) read through :mod:`study.input_pipeline`, images/s alone.
-- Data wait: the trainer's loop (``study/train.py``: ``next(iterator)``, the step with the
+- Data wait: the trainer's loop (``study/engine/train.py``: ``next(iterator)``, the step with the
   batch put on the device, metrics fetched to the host every step) on real Fashion-MNIST
   batches; the fraction of its wall time spent in ``next``. The step is the benchmark's
   already compiled one for the same shapes, so this costs no compilation.
@@ -30,7 +30,7 @@ def _cfg(**kw: Any) -> dict[str, Any]:
 
 def pipeline_rate(cfg: dict[str, Any], resolution: int, batches: int, warmup: int = 2) -> dict:
     """Images/s of ``cfg``'s training iterator alone (after ``warmup`` batches)."""
-    from study import input_pipeline
+    from study.engine import input_pipeline
 
     data = input_pipeline.build(cfg, resolution, resolution)
     it = input_pipeline.iterator(data)
@@ -85,7 +85,7 @@ def jpeg_rate(batch: int, resolution: int, batches: int, workers: int = 0) -> di
 
 def data_wait(prepared: Any, steps: int, warmup: int = 3) -> dict:
     """The trainer's loop on Fashion-MNIST with ``prepared``'s step (same batch shape)."""
-    from study import input_pipeline
+    from study.engine import input_pipeline
 
     batch = prepared.info["batch"]
     data = input_pipeline.build(_cfg(dataset="fashion_mnist", batch_size=batch), 28, 28)

@@ -1,6 +1,6 @@
 """Wall time and CPU use of the local agc grid, read from the launcher's own record.
 
-``study grid run`` (study/launch.py) appends one JSON line per invocation to
+``study grid run`` (study/grids/launch.py) appends one JSON line per invocation to
 ``<runs>/<grid>/<scale>/launches.jsonl`` (wall_s, cpu_s, cpu_utilisation, cores, jobs,
 trained, started). The grid takes ~18 minutes, longer than the whole benchmark, so the bench
 reports the newest invocation that trained every run rather than rerunning it.

@@ -58,7 +58,7 @@ def check_parity(worker: Worker, model: str) -> float:
     from flax import nnx
 
     from study import models
-    from study.convert import from_timm
+    from study.models.convert import from_timm
 
     path = TMP / f"parity-{model}.npz"
     worker.ask(cmd="parity", path=str(path))
@@ -103,7 +103,7 @@ def compare(cfg: Config, *, threads: int, compile_limit_s: float, pool: TorchPoo
             peak: Peak | None = None, parity: bool = False, deadline: float | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """One configuration: JAX vs each PyTorch mode, interleaved; returns medians and ratios."""
-    from study import latency
+    from study.engine import latency
 
     TMP.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = dataclasses.asdict(cfg)

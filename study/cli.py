@@ -8,8 +8,6 @@ import sys
 
 
 def _models(args: argparse.Namespace) -> int:
-    from flax import nnx
-
     from study import models
 
     names = args.names or models.names()
@@ -26,10 +24,8 @@ def _models(args: argparse.Namespace) -> int:
         preset = models.PRESETS[name]
         line = f"{name:16} {preset.family:10} {preset.train_resolution:>6}/{preset.test_resolution:<6}"
         if args.count:
-            abstract = nnx.eval_shape(lambda: models.create(name, rngs=nnx.Rngs(0)))
-            params = models.count_params(abstract) / 1e6
-            macs = models.flops(name, preset.test_resolution) / 1e6
-            line += f" {params:>11.2f} {macs:>14.1f}"
+            s = models.structure(name)
+            line += f" {s.params / 1e6:>11.2f} {s.macs / 1e6:>14.1f}"
         print(line)
     return 0
 
@@ -64,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         layers = [config_lib.load_file(args.config)] if args.config else []
         cfg = config_lib.resolve(*layers, config_lib.parse_set(args.set))
-        from study.train import train
+        from study.engine.train import train
 
         result = train(args.workdir, cfg)
     except (config_lib.ConfigError, FileNotFoundError) as e:
@@ -79,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _latency(args: argparse.Namespace) -> int:
-    from study import latency
+    from study.engine import latency
 
     try:
         out = latency.measure(args.model, batch=args.batch, resolution=args.resolution,
@@ -93,7 +89,7 @@ def _latency(args: argparse.Namespace) -> int:
 
 def _load_grid(args: argparse.Namespace):
     """The grid of ``args.file`` at ``args.scale``, or None after a one-line error."""
-    from study import grid as grid_lib
+    from study.grids import grid as grid_lib
 
     try:
         return grid_lib.load(args.file, args.scale,
@@ -104,14 +100,14 @@ def _load_grid(args: argparse.Namespace):
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from study import launch
+    from study.grids import launch
 
     g = _load_grid(args)
     if g is None:
         return 2
     if args.action == "run":
         if args.backend == "slurm":
-            from study import slurm
+            from study.grids import slurm
 
             try:
                 profile = slurm.load_profile(args.profile)
@@ -131,15 +127,18 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _grid_table(g, args: argparse.Namespace, show_status: bool) -> int:
-    """The runs of a grid, one per line, with their status and result; 1 if any record is bad."""
-    from study import launch
+    """The runs of a grid, one per line, with their status and result (and SLURM's word on
+    submitted runs); 1 if any record is bad."""
     from study import status as run_status
+    from study.grids import slurm
 
     print(f"{g.name} ({g.scale}): {len(g.runs)} runs" + (f" — {g.header.splitlines()[0]}" if g.header else ""))
     keys = sorted({k for r in g.runs for k in r.varied})
+    jobs = {r.run_id: r.record(args.runs_dir).slurm_job() for r in g.runs} if show_status else {}
+    queue = slurm.job_states([j for j in jobs.values() if j]) if any(jobs.values()) else {}
     head = f"{'run_id':12}  {'label':12} " + " ".join(f"{k:>12}" for k in keys) + f" {'seed':>5}"
     if show_status:
-        head += f"  {'status':11} {'result':>9}"
+        head += f"  {'status':11} {'result':>9}" + ("  slurm" if any(jobs.values()) else "")
     print(head)
     counts: dict[str, int] = {}
     incomplete = []
@@ -147,16 +146,19 @@ def _grid_table(g, args: argparse.Namespace, show_status: bool) -> int:
         line = f"{r.run_id:12}  {r.label:12} " + " ".join(
             f"{str(r.varied.get(k, '')):>12}" for k in keys) + f" {r.config['seed']:>5}"
         if show_status:
-            st = launch.status(r, args.runs_dir)
+            rec = r.record(args.runs_dir)
+            st = rec.status()
             counts[st] = counts.get(st, 0) + 1
             shown = ""
             if st == run_status.Status.INCOMPLETE:
                 incomplete.append(r.run_id)
             if st in run_status.FINISHED:  # top-1, or a latency run's step time
-                res = json.loads((r.directory(args.runs_dir) / "result.json").read_text())
+                res = rec.result()
                 t, ms = res.get("top1"), res.get("latency_ms")
                 shown = f"{t:.4f}" if t is not None else f"{ms:.1f} ms" if ms is not None else "-"
             line += f"  {st:11} {shown:>9}"
+            if jobs.get(r.run_id):
+                line += f"  {jobs[r.run_id]} {queue.get(jobs[r.run_id], 'unknown to SLURM')}"
         print(line)
     if counts:
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -168,7 +170,7 @@ def _grid_table(g, args: argparse.Namespace, show_status: bool) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from study import results
+    from study.analysis import results
 
     g = _load_grid(args)
     if g is None:
@@ -179,8 +181,8 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from study import grid as grid_lib
-    from study import report
+    from study.grids import grid as grid_lib
+    from study.analysis import report
 
     if args.scale not in grid_lib.SCALES:
         print(f"error: scale: unknown {args.scale!r}; valid: {', '.join(grid_lib.SCALES)}", file=sys.stderr)
@@ -191,12 +193,9 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     from study import __version__
 
-    # SIGPIPE stays ignored (Python's default): a training process writes to sockets and pipes
-    # of its own (orbax's event loops), and the default action would kill it on any EPIPE.
-    # A closed stdout is handled where output is written (``_say``, and ``main`` for the rest).
     parser = argparse.ArgumentParser(prog="study", description=__doc__)
     parser.add_argument("--version", action="version", version=f"study {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--retries", type=int, default=1,
                            help="resume a run that died of a signal this many times (default 1)")
         q.add_argument("--max-runs", type=int, default=None,
-                       help="refuse grids larger than this (default: study.grid.MAX_RUNS)")
+                       help="refuse grids larger than this (default: study.grids.grid.MAX_RUNS)")
         q.set_defaults(func=_grid)
     p = sub.add_parser("results", help="gather a grid's runs into results.parquet / .csv")
     p.add_argument("file")
@@ -250,9 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--resolution", type=int, default=None, help="default: the model's train resolution")
     p.add_argument("--steps", type=int, default=20, help="timed steady-state steps")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=config_lib.DTYPES, default="float32")
     p.set_defaults(func=_latency)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGPIPE stays ignored (Python's default): a training process writes to sockets and pipes
+    # of its own (orbax's event loops), and the default action would kill it on any EPIPE.
+    # A closed stdout is handled where output is written (``_say``, and ``main`` for the rest).
+    args = _parser().parse_args(argv)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit

@@ -18,53 +18,96 @@ import yaml
 
 @dataclasses.dataclass(frozen=True)
 class Key:
+    """A config key: its default, help, type, and the values it may take (choices or bounds).
+
+    Validation and ``study train --help`` are both generated from these fields.
+    """
+
     default: Any
     help: str
     type: type | tuple[type, ...]
+    choices: tuple[str, ...] | None = None
+    min: float | None = None  # inclusive lower bound (``gt=True``: exclusive)
+    gt: bool = False
+    below: float | None = None  # exclusive upper bound
+
+    def describe(self) -> str:
+        """The allowed values in words, for --help."""
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.min is None:
+            return ""
+        text = f"> {self.min:g}" if self.gt else f">= {self.min:g}"
+        return f"in [{self.min:g}, {self.below:g})" if self.below is not None else text
+
+    def check(self, key: str, value: Any) -> None:
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{key}: unknown {value!r}; valid: {', '.join(self.choices)}")
+        if self.min is None or value is None:
+            return
+        number = isinstance(value, float) or self.type != int
+        if number and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number {self.describe()}, got {value}")
+        if self.below is not None:
+            if not self.min <= value < self.below:
+                raise ConfigError(f"{key}: must be {self.describe()}, got {value}")
+        elif value < self.min or (self.gt and value == self.min):
+            what = "a finite number " if number else ""
+            raise ConfigError(f"{key}: must be {what}{self.describe()}, got {value}")
+
+
+# The valid choices, owned here and imported wherever they are needed.
+TASKS = ("train", "latency")
+# Datasets and their number of classes (synthetic: ``num_classes``; an ImageNet folder: its own).
+DATASET_CLASSES: dict[str, int | None] = {"fashion_mnist": 10, "cifar10": 10, "imagenet": 1000, "synthetic": None}
+DATASETS = tuple(DATASET_CLASSES)
+IMAGENET_LAYOUTS = ("folder", "array_record")
+AGC_GRANULARITIES = ("unit", "layer")
+DTYPES = ("float32", "bfloat16")
 
 
 # The defaults are the local scale's: they reach ≥ 0.88 Fashion-MNIST test top-1 on 2 CPU cores.
 KEYS: dict[str, Key] = {
-    "task": Key("train", "train | latency (time training steps by the paper's protocol, App. A.2)", str),
+    "task": Key("train", "what the run does (latency: time training steps by the paper's protocol, App. A.2)", str, choices=TASKS),
     "model": Key("nf-resnet-nano", "registry name (study models)", str),
-    "dataset": Key("fashion_mnist", "fashion_mnist | cifar10 | imagenet | synthetic", str),
+    "dataset": Key("fashion_mnist", "the data set", str, choices=DATASETS),
     "data_dir": Key(None, "dataset directory (default: the dataset's own)", (str, type(None))),
-    "imagenet_layout": Key("folder", "folder (train/<class>/*.JPEG) | array_record (TFDS)", str),
-    "image_size": Key(0, "ImageNet train resolution (0: the model's); synthetic image size", int),
-    "eval_image_size": Key(0, "ImageNet eval resolution (0: the model's test resolution)", int),
+    "imagenet_layout": Key("folder", "folder: train/<class>/*.JPEG; array_record: TFDS ArrayRecords", str, choices=IMAGENET_LAYOUTS),
+    "image_size": Key(0, "ImageNet train resolution (0: the model's); synthetic image size", int, min=0),
+    "eval_image_size": Key(0, "ImageNet eval resolution (0: the model's test resolution)", int, min=0),
     "mixup_cutmix": Key(False, "MixUp on half the batch, CutMix on the other (paper A.3)", bool),
-    "mix_alpha": Key(0.2, "MixUp Beta(α, α)", (int, float)),
+    "mix_alpha": Key(0.2, "MixUp Beta(α, α)", (int, float), min=0, gt=True),
     "randaugment": Key(None, "[layers, magnitude] (F0: [4, 5]), after mixing; null: off", (list, type(None))),
-    "data_workers": Key(0, "grain worker processes for decoding (ImageNet)", int),
-    "num_classes": Key(10, "classes (synthetic data; real datasets set their own)", int),
-    "synthetic_size": Key(2048, "examples in the synthetic train set", int),
-    "batch_size": Key(256, "global batch size per optimizer step", int),
-    "accum_steps": Key(1, "micro-batches accumulated into one step (exact full-batch grads)", int),
-    "epochs": Key(5.0, "training length in epochs (ignored when steps > 0)", (int, float)),
-    "steps": Key(0, "training length in optimizer steps (0: from epochs); task=latency: timed steps (0: 20)", int),
-    "base_lr": Key(0.1, "lr per 256 examples: peak lr = base_lr · batch_size / 256", (int, float)),
-    "warmup_epochs": Key(1.0, "linear warmup from 0 (the paper: 5 epochs at ImageNet scale)", (int, float)),
-    "momentum": Key(0.9, "Nesterov momentum", (int, float)),
+    "data_workers": Key(0, "grain worker processes for decoding (ImageNet)", int, min=0),
+    "num_classes": Key(10, "classes (synthetic data; real datasets set their own)", int, min=1),
+    "synthetic_size": Key(2048, "examples in the synthetic train set", int, min=1),
+    "batch_size": Key(256, "global batch size per optimizer step", int, min=1),
+    "accum_steps": Key(1, "micro-batches accumulated into one step (exact full-batch grads)", int, min=1),
+    "epochs": Key(5.0, "training length in epochs (ignored when steps > 0)", (int, float), min=0),
+    "steps": Key(0, "training length in optimizer steps (0: from epochs); task=latency: timed steps (0: 20)", int, min=0),
+    "base_lr": Key(0.1, "lr per 256 examples: peak lr = base_lr · batch_size / 256", (int, float), min=0, gt=True),
+    "warmup_epochs": Key(1.0, "linear warmup from 0 (the paper: 5 epochs at ImageNet scale)", (int, float), min=0),
+    "momentum": Key(0.9, "Nesterov momentum", (int, float), min=0),
     "nesterov": Key(True, "Nesterov (PyTorch-style, as the official code)", bool),
-    "weight_decay": Key(2e-5, "L2 added to the gradient after AGC; not on gains, biases, skip gains", (int, float)),
+    "weight_decay": Key(2e-5, "L2 added to the gradient after AGC; not on gains, biases, skip gains", (int, float), min=0),
     "agc": Key(True, "adaptive gradient clipping on/off", bool),
     # λ = 0.01 is the paper's for batch 1024-4096; larger batches need smaller λ (§4.1), and at
     # batch 256 / lr 0.1 λ = 0.01 holds the zero-initialised skip gains near 0 for the ~1000
     # steps of a local run (measured: 0.67 top-1 after 5 epochs vs 0.89 with λ = 0.16).
-    "agc_clipping": Key(0.16, "AGC threshold λ", (int, float)),
-    "agc_eps": Key(1e-3, "AGC parameter-norm floor", (int, float)),
-    "agc_granularity": Key("unit", "unit | layer", str),
+    "agc_clipping": Key(0.16, "AGC threshold λ", (int, float), min=0, gt=True),
+    "agc_eps": Key(1e-3, "AGC parameter-norm floor", (int, float), min=0, gt=True),
+    "agc_granularity": Key("unit", "AGC norms per output unit, or per whole tensor", str, choices=AGC_GRANULARITIES),
     "agc_exclude": Key(["head/kernel"], "parameter path globs left unclipped", list),
-    "label_smoothing": Key(0.1, "label smoothing", (int, float)),
-    "ema_decay": Key(0.999, "EMA decay with warmup min(decay, (1+t)/(10+t)) (paper: 0.99999)", (int, float)),
-    "seed": Key(0, "seed for init, data order, dropout", int),
-    "log_every": Key(50, "steps between metric lines", int),
-    "eval_every": Key(0, "steps between evaluations (0: once per epoch)", int),
-    "checkpoint_every": Key(200, "steps between checkpoints", int),
-    "keep_checkpoints": Key(2, "checkpoints kept", int),
-    "loss_bound": Key(1e3, "a loss above this (or non-finite) ends the run as diverged", (int, float)),
-    "dtype": Key("float32", "compute dtype: float32 | bfloat16", str),
-    "eval_batch_size": Key(1000, "evaluation batch size", int),
+    "label_smoothing": Key(0.1, "label smoothing", (int, float), min=0, below=1),
+    "ema_decay": Key(0.999, "EMA decay with warmup min(decay, (1+t)/(10+t)) (paper: 0.99999)", (int, float), min=0, below=1),
+    "seed": Key(0, "seed for init, data order, dropout", int, min=0),
+    "log_every": Key(50, "steps between metric lines", int, min=1),
+    "eval_every": Key(0, "steps between evaluations (0: once per epoch)", int, min=0),
+    "checkpoint_every": Key(200, "steps between checkpoints", int, min=1),
+    "keep_checkpoints": Key(2, "checkpoints kept", int, min=1),
+    "loss_bound": Key(1e3, "a loss above this (or non-finite) ends the run as diverged", (int, float), min=0, gt=True),
+    "dtype": Key("float32", "compute dtype", str, choices=DTYPES),
+    "eval_batch_size": Key(1000, "evaluation batch size", int, min=1),
 }
 MODEL_PREFIX = "model."
 
@@ -149,51 +192,22 @@ def resolve(*layers: dict[str, Any], check_paths: bool = True) -> dict[str, Any]
 
 
 def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
+    """Each key against its own choices and bounds (``KEYS``), then the checks across keys."""
     from study import models
 
-    pos = ["batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-           "eval_batch_size", "num_classes", "synthetic_size"]
-    for k in pos:
-        if cfg[k] < 1:
-            raise ConfigError(f"{k}: must be >= 1, got {cfg[k]}")
-    for k in ["steps", "eval_every", "image_size", "eval_image_size", "data_workers", "seed"]:
-        if cfg[k] < 0:
-            raise ConfigError(f"{k}: must be >= 0, got {cfg[k]}")
-    for k in ["base_lr", "agc_clipping", "agc_eps", "loss_bound"]:
-        if not (math.isfinite(cfg[k]) and cfg[k] > 0):
-            raise ConfigError(f"{k}: must be a finite number > 0, got {cfg[k]}")
-    for k in ["epochs", "warmup_epochs", "weight_decay", "momentum", "label_smoothing"]:
-        if not (math.isfinite(cfg[k]) and cfg[k] >= 0):
-            raise ConfigError(f"{k}: must be a finite number >= 0, got {cfg[k]}")
+    for k, spec in KEYS.items():
+        spec.check(k, cfg[k])
     if cfg["steps"] == 0 and cfg["epochs"] <= 0:
         raise ConfigError("epochs: must be > 0 when steps is 0")
     if cfg["steps"] == 0 and cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"warmup_epochs: {cfg['warmup_epochs']} is longer than the training "
                           f"(epochs: {cfg['epochs']})")
-    if not 0 <= cfg["ema_decay"] < 1:
-        raise ConfigError(f"ema_decay: must be in [0, 1), got {cfg['ema_decay']}")
-    if not 0 <= cfg["label_smoothing"] < 1:
-        raise ConfigError(f"label_smoothing: must be in [0, 1), got {cfg['label_smoothing']}")
-    if cfg["task"] not in ("train", "latency"):
-        raise ConfigError(f"task: unknown {cfg['task']!r}; valid: train, latency")
-    if cfg["dataset"] not in ("fashion_mnist", "cifar10", "imagenet", "synthetic"):
-        raise ConfigError(
-            f"dataset: unknown {cfg['dataset']!r}; valid: fashion_mnist, cifar10, imagenet, synthetic"
-        )
-    if cfg["imagenet_layout"] not in ("folder", "array_record"):
-        raise ConfigError(f"imagenet_layout: unknown {cfg['imagenet_layout']!r}; valid: folder, array_record")
     ra = cfg["randaugment"]
     if ra is not None and not (len(ra) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                    and v >= 0 for v in ra)):
         raise ConfigError(f"randaugment: expected [layers, magnitude] of integers >= 0, got {ra!r}")
-    if not (math.isfinite(cfg["mix_alpha"]) and cfg["mix_alpha"] > 0):
-        raise ConfigError(f"mix_alpha: must be a finite number > 0, got {cfg['mix_alpha']}")
     if cfg["mixup_cutmix"] and (cfg["batch_size"] % 2):
         raise ConfigError(f"batch_size: MixUp/CutMix needs an even batch, got {cfg['batch_size']}")
-    if cfg["dtype"] not in ("float32", "bfloat16"):
-        raise ConfigError(f"dtype: unknown {cfg['dtype']!r}; valid: float32, bfloat16")
-    if cfg["agc_granularity"] not in ("unit", "layer"):
-        raise ConfigError(f"agc_granularity: unknown {cfg['agc_granularity']!r}; valid: unit, layer")
     if not all(isinstance(p, str) and p for p in cfg["agc_exclude"]):
         raise ConfigError(f"agc_exclude: expected a list of non-empty path patterns, got {cfg['agc_exclude']!r}")
     if cfg["batch_size"] % cfg["accum_steps"]:
@@ -212,7 +226,8 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
 def help_text() -> str:
     lines = ["config keys (--set key=value; model knobs as model.<knob>=value):"]
     for k, spec in KEYS.items():
-        lines.append(f"  {k:18} {spec.help} [default: {spec.default!r}]")
+        allowed = f"; {spec.describe()}" if spec.describe() else ""
+        lines.append(f"  {k:18} {spec.help} [default: {spec.default!r}{allowed}]")
     lines.append("  model.<knob>       any model knob, e.g. model.se_ratio=0 (study models; "
                  "study.models.valid_overrides)")
     return "\n".join(lines)

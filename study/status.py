@@ -1,4 +1,4 @@
-"""The one vocabulary of a run's state, and how it is read from a run directory.
+"""The one vocabulary of a run's state (read from a run directory by :class:`study.record.RunRecord`).
 
 A run directory's ``result.json`` holds what the trainer last wrote: ``running`` (with its pid,
 host and a heartbeat), then exactly one final record. The trainer holds an exclusive lock on
@@ -10,8 +10,6 @@ belongs to a process that died without a word (SIGKILL, a lost node): it reads a
 from __future__ import annotations
 
 import enum
-import json
-from pathlib import Path
 
 
 class Status(enum.StrEnum):
@@ -43,24 +41,3 @@ def finished(result: dict) -> bool:
     """Whether a result record ends its run: diverged, or done with all its metrics."""
     st = result.get("status")
     return st == Status.DIVERGED or (st == Status.DONE and complete(result))
-
-
-def of_directory(d: Path) -> Status:
-    """The state of the run in directory ``d``, checking that a ``running`` one is alive."""
-    from study import runlock
-
-    if not d.exists():
-        return Status.MISSING
-    path = d / "result.json"
-    if not path.exists():
-        return Status.RUNNING if runlock.held(d) else Status.PENDING
-    try:
-        result = json.loads(path.read_text())
-        st = Status(result.get("status", Status.FAILED))
-    except (OSError, ValueError):
-        return Status.FAILED
-    if st == Status.RUNNING and not runlock.held(d):
-        return Status.INTERRUPTED
-    if st == Status.DONE and not complete(result):
-        return Status.INCOMPLETE
-    return st

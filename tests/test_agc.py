@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from study import models
-from study.agc import adaptive_grad_clip, clipped_fraction, unitwise_axes
+from study.engine.agc import adaptive_grad_clip, clipped_fraction, unitwise_axes
 
 
 def apply(tx, grads, params):

@@ -18,3 +18,12 @@ def test_unknown_model_is_a_one_line_error():
     assert r.returncode == 2
     assert r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "nfnet-f99" in r.stderr
+
+
+def test_cli_report_rejects_an_unknown_scale(capsys):
+    from study.cli import main
+    assert main(["report", "--scale", "huge", "--no-signal"]) == 2
+    assert "scale: unknown 'huge'" in capsys.readouterr().err
+
+
+# --- headless Chromium --------------------------------------------------------------------------

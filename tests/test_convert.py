@@ -1,4 +1,4 @@
-"""Weight converters (study/convert.py): timm parity on real-timm fixtures, DeepMind Haiku naming
+"""Weight converters (study/models/convert.py): timm parity on real-timm fixtures, DeepMind Haiku naming
 checked against an independent numpy forward pass, and the all-or-nothing error behaviour."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from study.convert import from_haiku, from_timm, load_haiku_file
+from study.models.convert import from_haiku, from_timm, load_haiku_file
 from study.models import create
 
 FIXTURES = Path(__file__).parent / "fixtures"

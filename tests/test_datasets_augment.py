@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study.datasets import mix, preprocess as pp, randaugment as ra
-from study.datasets.resize import resize_bicubic, resize_bicubic_tf
+from study.engine.datasets import mix, preprocess as pp, randaugment as ra
+from study.engine.datasets.resize import resize_bicubic, resize_bicubic_tf
 
 
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:

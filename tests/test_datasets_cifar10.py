@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from study.datasets import cifar10
+from study.engine.datasets import cifar10
 
 
 def write_batch(path, data, labels):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study.datasets import imagenet
-from study.datasets.preprocess import DecodeInceptionCrop, DecodeResizeCrop
-from study.datasets.tf_example import parse_example
+from study.engine.datasets import imagenet
+from study.engine.datasets.preprocess import DecodeInceptionCrop, DecodeResizeCrop
+from study.engine.datasets.tf_example import parse_example
 
 # --- a tiny protobuf encoder for tf.train.Example (the wire format, written independently) ---
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.datasets import fashion_mnist as fm
+from study.engine.datasets import fashion_mnist as fm
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:

@@ -1,6 +1,7 @@
 """Grid files: expansion, identity, malformed files, idempotent local launch, results table."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study import grid
+from study.grids import grid
 
 GOOD = """# A tiny grid.
 # Launch: study grid run THIS --scale smoke
@@ -97,6 +98,13 @@ MALFORMED = [
         f"{k}: [{', '.join(str(0.01 * (i + 1)) for i in range(20))}]"
         for k in ("agc_clipping", "base_lr", "weight_decay", "label_smoothing", "agc_eps")) + "}"),
      "grid size: 3,200,001 runs"),
+    # The report block's shape (the names in it are checked by the report, which owns them).
+    (GOOD + "report: {figure: x}\n", "report.figure: expected a mapping"),
+    (GOOD + "report: {figure: {draw: figure2a, title: T}}\n", "report.figure.caption"),
+    (GOOD + "report: {claims: agc_stable_at_largest_batch}\n", "report.claims"),
+    (GOOD + "report: {claims: [a, a]}\n", "report.claims: repeated claim"),
+    (GOOD + "report: {order: first}\n", "report.order"),
+    (GOOD + "report: {sections: x}\n", "report.sections: unknown key"),
 ]
 
 
@@ -115,6 +123,21 @@ def test_malformed_grid_is_a_one_line_error_naming_the_key(tmp_path, text, key):
     assert not (tmp_path / "runs").exists()  # nothing launched
 
 
+RUN_IDS = Path(__file__).resolve().parent / "fixtures" / "run_ids.json"
+
+
+def test_run_ids_of_every_shipped_grid_are_pinned():
+    """A run's id is the hash of its resolved config: refactors must not change it, or every
+    run already on disk would be trained again. Update the pin only with a deliberate change to
+    a grid or to the config's keys or defaults."""
+    pinned = json.loads(RUN_IDS.read_text())
+    got = {}
+    for key in pinned:
+        name, scale = key.split("/")
+        got[key] = [r.run_id for r in grid.load(f"ablations/{name}.yaml", scale, check_paths=False).runs]
+    assert got == pinned
+
+
 def test_malformed_cases_cover_issue_12():
     assert len(MALFORMED) >= 30
 
@@ -131,7 +154,7 @@ def test_max_runs_limit_is_overridable(tmp_path):
 
 def test_duplicate_keys_in_a_config_file_and_a_profile(tmp_path):
     from study import config as config_lib
-    from study import slurm
+    from study.grids import slurm
 
     cfg = write(tmp_path, "steps: 3\nseed: 1\nsteps: 4\n", "c.yaml")
     with pytest.raises(config_lib.ConfigError, match="steps: duplicate key"):
@@ -160,6 +183,9 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 done" in r.stdout
+    # One progress line per finished run for the whole grid (a log file gets lines, not a bar).
+    assert re.search(r"\[1/3\] 1 done; [0-2] running; elapsed [\d.]+ min, ETA [\d.]+ min", r.stdout), r.stdout
+    assert "[3/3] 3 done; 0 running" in r.stdout
     launches = [json.loads(l) for l in (runs / "tiny" / "smoke" / "launches.jsonl").read_text().splitlines()]
     assert len(launches) == 1 and launches[0]["trained"] == 3 and launches[0]["wall_s"] > 0
     assert 0 < launches[0]["cpu_utilisation"] <= 1.05 and launches[0]["outcomes"] == {"done": 3}
@@ -183,7 +209,7 @@ def test_local_launch_is_idempotent_and_results_table(tmp_path):
 
 
 def test_core_slots_are_disjoint_shares(monkeypatch):
-    from study import launch
+    from study.grids import launch
 
     monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
     slots = launch.core_slots(2)
@@ -218,7 +244,34 @@ def test_bad_slurm_profile_is_a_one_line_error(tmp_path, text, key):
 
 
 def test_shipped_profiles_load():
-    from study import slurm
+    from study.grids import slurm
 
     for p in ("slurm/local.yaml", "slurm/gpu.yaml", "slurm/tpu.yaml"):
         assert slurm.load_profile(p)["partition"]
+
+
+def test_grid_progress_counts_and_eta():
+    from study.grids.progress import GridProgress
+
+    lines = []
+    p = GridProgress(4, "g/smoke", lines.append, tty=False)
+    p.start()
+    p.start()
+    p.end("done")
+    assert p.running == 1 and p.eta_s() is not None and lines[-1].startswith("  [1/4] 1 done; 1 running")
+    p.start()
+    p.end("diverged")
+    p.end("failed")
+    assert lines[-1].startswith("  [3/4] 1 diverged, 1 done, 1 failed; 0 running")
+    p.say("a launcher line")
+    assert lines[-1] == "a launcher line"
+    p.stop()
+
+
+def test_slurm_array_task_ids_are_expanded():
+    from study.grids import slurm
+
+    assert slurm._task_ids("12", "0-3%2") == ["12_0", "12_1", "12_2", "12_3"]
+    assert slurm._task_ids("12", "1,4") == ["12_1", "12_4"]
+    assert slurm._task_ids("12", "5") == ["12_5"]
+    assert slurm.job_states([]) == {}

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from study import latency
+from study.engine import latency
 
 
 def test_latency_protocol_reports_compile_separately():
@@ -30,7 +30,7 @@ def test_latency_cli_one_line_error_for_unknown_model():
 def test_latency_task_writes_a_run_directory_and_is_idempotent(tmp_path):
     """``task: latency`` (the variants grid) leaves the same run files as a training run."""
     from study import config as config_lib
-    from study.train import train
+    from study.engine.train import train
 
     cfg = config_lib.resolve({"task": "latency", "model": "nf-resnet-nano", "batch_size": 4,
                               "steps": 3})

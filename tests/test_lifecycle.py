@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from study import grid
-from study.status import BUSY_EXIT, Status, of_directory
+from study.grids import grid
+from study.record import RunRecord
+from study.status import BUSY_EXIT, Status
 from tests.test_train import SMOKE, rows, study
 
 LONG = ["dataset=synthetic", "synthetic_size=512", "batch_size=32", "log_every=1",
@@ -101,7 +102,8 @@ def test_an_exception_is_recorded_with_its_step_and_checkpoint(tmp_path):
     d = tmp_path / "run"
     script = textwrap.dedent(f"""
         import sys
-        from study import cli, train
+        from study import cli
+        from study.engine import train
         real = train.evaluate
         def evaluate(*a, **k):
             raise RuntimeError("boom in eval")
@@ -113,14 +115,14 @@ def test_an_exception_is_recorded_with_its_step_and_checkpoint(tmp_path):
     res = result(d)
     assert res["status"] == "failed" and res["error"] == "RuntimeError: boom in eval"
     assert res["steps"] == 10 and res["last_checkpoint"] == 5 and res["total_steps"] == 24
-    assert of_directory(d) == Status.FAILED
+    assert RunRecord(d).status() == Status.FAILED
 
 
 def test_a_killed_run_is_interrupted_not_running_and_one_writer_per_run(tmp_path):
     d = tmp_path / "run"
     first = subprocess.Popen(train_args(d, LONG), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(checkpointed(d), what="a checkpoint")
-    assert of_directory(d) == Status.RUNNING and result(d)["pid"] == first.pid
+    assert RunRecord(d).status() == Status.RUNNING and result(d)["pid"] == first.pid
     # A second trainer on the same directory writes nothing and says why.
     before = (d / "metrics.jsonl").read_text()
     second = study(d, *LONG, check=False, timeout=300)
@@ -129,7 +131,7 @@ def test_a_killed_run_is_interrupted_not_running_and_one_writer_per_run(tmp_path
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert result(d)["status"] == "running"  # what it last wrote ...
-    assert of_directory(d) == Status.INTERRUPTED  # ... but its lock died with it
+    assert RunRecord(d).status() == Status.INTERRUPTED  # ... but its lock died with it
 
 
 def launcher(path, runs, *extra):
@@ -204,7 +206,8 @@ def test_killed_right_after_the_final_checkpoint_resumes_to_the_full_result(tmp_
     d = tmp_path / "b"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from study import checkpoint, cli
+        from study.engine import checkpoint
+        from study import cli
         real = checkpoint.Checkpointer.save
         def save(self, step, *a, **k):
             real(self, step, *a, **k)
@@ -215,7 +218,7 @@ def test_killed_right_after_the_final_checkpoint_resumes_to_the_full_result(tmp_
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    assert result(d)["status"] == "running" and of_directory(d) == Status.INTERRUPTED
+    assert result(d)["status"] == "running" and RunRecord(d).status() == Status.INTERRUPTED
     study(d, *SMOKE)
     a, b = result(tmp_path / "a"), result(d)
     assert {k: b[k] for k in FINAL_KEYS} == {k: a[k] for k in FINAL_KEYS}
@@ -237,7 +240,7 @@ def test_done_without_metrics_is_an_error_naming_the_run(tmp_path):
                         "smoke", "--runs-dir", str(runs)], capture_output=True, text=True)
     assert r.returncode == 1 and run.run_id in r.stderr and "without its final metrics" in r.stderr
     assert "incomplete" in r.stdout
-    from study import results
+    from study.analysis import results
 
     assert results.table(grid.load(path, "smoke"), runs)["status"].tolist() == ["incomplete"]
     # A relaunch re-evaluates from the final checkpoint and writes the full result.

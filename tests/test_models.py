@@ -7,13 +7,14 @@ import optax
 import pytest
 from flax import nnx
 
-from study import models, published
+from study import models
+from study.analysis import published
 from study.models.activations import GAMMA, activation
 from study.models.nfnet import block_betas, expected_variances
 from study.models import ws_conv
 from study.models.layers import pool_pads
 from study.models.ws_conv import standardize
-from study.signal_prop import signal_propagation
+from study.models.signal_prop import signal_propagation
 
 VARIANTS = [f"nfnet-f{i}" for i in range(7)]
 

@@ -1,175 +1,26 @@
-"""The report: claims as predicates, the comparison table, seed aggregation, a rendered report
-from a generated runs tree (half-finished, with diverged runs), an empty runs tree, and the page
-opened in headless Chromium (every image loads; a screenshot)."""
+"""The report: a rendered report from a generated runs tree (half-finished, with diverged runs),
+an empty runs tree, grids that declare their figures and claims, and the page opened in headless
+Chromium (every image loads; a screenshot)."""
 
 import json
 import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from study import aggregate, claims, comparison, grid, published, report, rundir
+from study import record
+from study.analysis import claims, report
+from study.grids import grid
 from study.models import PRESETS
 from study.runlock import RunLock
+from tests.test_counts import COUNTS
 
 GRIDS = Path(__file__).resolve().parent.parent / "ablations"
 CHROMIUM = Path("/usr/bin/chromium")
 F0_F6 = [f"nfnet-f{i}" for i in range(7)]
 
-
-# --- generated tables ---------------------------------------------------------------------------
-
-def agc_table(cells: dict, seeds: int = 1, scale: str = "local") -> pd.DataFrame:
-    """Figure 2a rows from {(label, agc, batch): top1 | "diverged" | "missing" | [per-seed]}."""
-    rows = []
-    for (label, agc, batch), value in cells.items():
-        values = value if isinstance(value, list) else [value] * seeds
-        for seed, v in enumerate(values):
-            status = v if isinstance(v, str) else "done"
-            rows.append({"grid": "agc", "scale": scale, "run_id": f"{label[:2]}{int(agc)}-{batch}-s{seed}",
-                         "label": label, "status": status, "cfg.agc": agc, "cfg.batch_size": batch,
-                         "cfg.seed": seed, "cfg.dataset": "fashion_mnist",
-                         "top1": None if isinstance(v, str) else v})
-    return pd.DataFrame(rows)
-
-
-def verdicts(tables, best=None) -> dict[str, tuple[str, str]]:
-    out = claims.check(tables, best)
-    return {r.id: (r.verdict, r.evidence) for r in out.itertuples()}
-
-
-STABLE = {("nf-resnet", True, 256): 0.80, ("nf-resnet", True, 4096): 0.75,
-          ("nf-resnet", False, 256): 0.81, ("nf-resnet", False, 4096): "diverged",
-          ("bn-resnet", False, 256): 0.82, ("bn-resnet", False, 4096): 0.74}
-
-
-def test_agc_claims_pass_on_a_table_where_agc_holds_at_4096():
-    v = verdicts({"agc": agc_table(STABLE)})
-    for cid in ("agc_stable_at_largest_batch", "no_agc_unstable_at_largest_batch",
-                "agc_matches_bn_at_largest_batch", "no_agc_behind_bn_at_largest_batch"):
-        assert v[cid][0] == "PASS", (cid, v[cid])
-    # The evidence names the numbers and the run ids.
-    assert "0.750" in v["agc_stable_at_largest_batch"][1] and "nf1-4096-s0" in v["agc_stable_at_largest_batch"][1]
-    assert "diverged" in v["no_agc_unstable_at_largest_batch"][1]
-
-
-def test_agc_claims_inconclusive_without_the_runs():
-    missing = {**STABLE, ("nf-resnet", True, 4096): "missing", ("nf-resnet", False, 4096): "running"}
-    v = verdicts({"agc": agc_table(missing)})
-    assert v["agc_stable_at_largest_batch"][0] == "INCONCLUSIVE"
-    assert "too few finished runs" in v["agc_stable_at_largest_batch"][1]
-    assert v["no_agc_unstable_at_largest_batch"][0] == "INCONCLUSIVE"
-    # No table at all: every claim INCONCLUSIVE, none crashes.
-    assert {x[0] for x in verdicts({}).values()} == {"INCONCLUSIVE"}
-    assert {x[0] for x in verdicts({"agc": pd.DataFrame()}).values()} == {"INCONCLUSIVE"}
-
-
-def test_agc_claims_fail_on_a_contradicting_table():
-    bad = {**STABLE, ("nf-resnet", True, 4096): "diverged", ("nf-resnet", False, 4096): 0.76,
-           ("bn-resnet", False, 4096): 0.70}
-    v = verdicts({"agc": agc_table(bad)})
-    assert v["agc_stable_at_largest_batch"][0] == "FAIL"
-    assert v["no_agc_unstable_at_largest_batch"][0] == "FAIL"  # no-AGC beats the diverged AGC run
-    assert v["agc_matches_bn_at_largest_batch"][0] == "FAIL"  # diverged AGC scores chance (0.1)
-    assert v["no_agc_behind_bn_at_largest_batch"][0] == "FAIL"  # 0.76 vs BN 0.70
-
-
-def test_seeds_best_4_of_5_and_too_few_seeds_inconclusive():
-    seeds = [0.70, 0.71, 0.72, 0.73, 0.10]
-    cells = {**STABLE, ("nf-resnet", True, 4096): seeds}
-    s = aggregate.summarize(agc_table(cells), ["label", "cfg.agc", "cfg.batch_size"], best=4)
-    row = s[(s["label"] == "nf-resnet") & (s["cfg.agc"]) & (s["cfg.batch_size"] == 4096)].iloc[0]
-    assert row["n_used"] == 4 and row["n_finished"] == 5
-    assert row["mean"] == pytest.approx(np.mean(seeds[:4]))
-    assert row["std"] == pytest.approx(np.std(seeds[:4]))
-    assert "0.715 ± 0.011 (n=4)" in aggregate.fmt(row)
-    # 2 of 5 seeds finished: the grid asks for the best 4, so the claim cannot be judged yet.
-    few = {**STABLE, ("nf-resnet", True, 4096): [0.7, 0.71, "missing", "running", "failed"]}
-    v = verdicts({"agc": agc_table(few)}, {"agc": 4})
-    assert v["agc_stable_at_largest_batch"][0] == "INCONCLUSIVE"
-
-
-def lambda_table(best_lam: dict[int, float]) -> pd.DataFrame:
-    rows = []
-    for batch, peak in best_lam.items():
-        for lam in (0.01, 0.02, 0.04, 0.08, 0.16):
-            top1 = 0.8 - 0.05 * abs(np.log2(lam / peak))
-            rows.append({"label": "nf-resnet", "run_id": f"b{batch}-l{lam}", "status": "done",
-                         "cfg.agc_clipping": lam, "cfg.batch_size": batch, "top1": top1,
-                         "cfg.dataset": "fashion_mnist"})
-    return pd.DataFrame(rows)
-
-
-def test_lambda_claim_pass_and_fail():
-    v = verdicts({"agc-lambda": lambda_table({1024: 0.16, 2048: 0.04, 4096: 0.01})})
-    assert v["larger_batches_need_smaller_lambda"][0] == "PASS"
-    assert "batch 4096: λ ≤ 0.01" in v["larger_batches_need_smaller_lambda"][1]
-    assert v["smallest_lambda_stable_at_every_batch"][0] == "PASS"
-    v = verdicts({"agc-lambda": lambda_table({1024: 0.04, 2048: 0.04, 4096: 0.04})})
-    assert v["larger_batches_need_smaller_lambda"][0] == "FAIL"
-
-
-def test_layer_claims():
-    def table(values):
-        return pd.DataFrame([{"label": "clipped", "run_id": f"r{i}", "status": "diverged" if v is None else "done",
-                              "cfg.agc_exclude": str(list(ex)), "top1": v, "cfg.dataset": "fashion_mnist"}
-                             for i, (ex, v) in enumerate(values.items())])
-    good = {(): 0.70, ("head/kernel",): 0.75, ("head/kernel", "stem/*"): 0.749,
-            ("head/kernel", "stages/0/*"): None, ("head/kernel", "stages/3/*"): 0.60}
-    v = verdicts({"agc-layers": table(good)})
-    assert v["not_clipping_classifier_is_better"][0] == "PASS"
-    assert v["first_conv_can_go_unclipped"][0] == "PASS"
-    assert v["every_stage_must_be_clipped"][0] == "PASS"
-    close = {**good, ("head/kernel",): 0.705}  # within the tolerance: not shown either way
-    v = verdicts({"agc-layers": table(close)})
-    assert v["not_clipping_classifier_is_better"][0] == "INCONCLUSIVE"
-    worse = {**good, ("head/kernel", "stages/3/*"): 0.80}  # a stage left unclipped did fine
-    assert verdicts({"agc-layers": table(worse)})["every_stage_must_be_clipped"][0] == "FAIL"
-
-
-# --- comparison ---------------------------------------------------------------------------------
-
-def recipe_row(**over) -> dict:
-    row = {"grid": "f0", "scale": "paper", "run_id": "abc", "label": "f0", "status": "done",
-           "cfg.model": "nfnet-f0", "cfg.dataset": "imagenet", "cfg.epochs": 360, "cfg.batch_size": 4096,
-           "cfg.agc": True, "cfg.agc_clipping": 0.01, "cfg.mixup_cutmix": True, "cfg.randaugment": "[4, 5]",
-           "cfg.image_size": 0, "params": 71489284, "top1": 0.834}
-    return {**row, **over}
-
-
-def test_accuracy_compared_only_where_comparable():
-    struct = pd.DataFrame(columns=["model", "params", "macs", "resolution"])
-    tables = {"f0": pd.DataFrame([recipe_row()]),
-              "short": pd.DataFrame([recipe_row(grid="short", run_id="def", **{"cfg.epochs": 90})]),
-              "agc": agc_table(STABLE)}
-    comp = comparison.build(tables, {}, struct)
-    acc = comp[comp["section"] == "accuracy"].set_index("item")
-    f0 = acc.loc["f0/f0"]
-    assert f0["published"] == 83.6 and f0["delta"] == pytest.approx(-0.2)
-    assert f0["verdict"].startswith("within tolerance")
-    assert acc.loc["short/f0", "verdict"] == "not comparable: recipe: epochs = 90 (Table 3: 360)"
-    local = acc[acc.index.str.startswith("agc/")]
-    assert len(local) == 6 and (local["verdict"] == "not comparable: scale (local, fashion_mnist)").all()
-    assert local["published"].isna().all() and local["delta"].isna().all()
-
-
-def test_latency_rows_name_the_hardware_and_never_judge_across_it():
-    lat = pd.DataFrame([{"grid": "variants", "run_id": "l0", "status": "done", "cfg.model": "nfnet-f0",
-                         "latency_ms": 812.5, "images_per_s": 1.2, "batch": 1, "resolution": 192,
-                         "dtype": "float32", "device_kind": "cpu"}])
-    comp = comparison.build({"variants": lat}, {}, pd.DataFrame(columns=["model", "params", "macs", "resolution"]))
-    rows = comp[(comp["section"] == "latency") & (comp["item"] == "nfnet-f0")]
-    assert set(rows["published"]) == {73.3, 56.7}
-    assert (rows["ours"] == 812.5).all() and (rows["hardware_ours"] == "cpu, batch 1, 192 px, float32").all()
-    assert (rows["verdict"] == "reference only: different hardware").all()
-    f7 = comp[(comp["section"] == "latency") & (comp["item"] == "nfnet-f7")]
-    assert f7["verdict"].str.startswith("missing").all()
-
-
-# --- rendering ----------------------------------------------------------------------------------
 
 def fake_runs(root: Path, outcome) -> int:
     """Writes run directories for every smoke-scale grid; ``outcome(run)`` gives the result
@@ -186,10 +37,10 @@ def fake_runs(root: Path, outcome) -> int:
                 continue
             d = run.directory(root)
             d.mkdir(parents=True)
-            rundir.write_json(d / "config.json", run.config)
-            rundir.write_json(d / "environment.json", {"device_kind": "cpu", "device_count": 1,
+            record.write_json(d / "config.json", run.config)
+            record.write_json(d / "environment.json", {"device_kind": "cpu", "device_count": 1,
                                                        "git": {"commit": "0123456789abcdef", "dirty": False}})
-            rundir.write_json(d / "result.json", result)
+            record.write_json(d / "result.json", result)
             if result["status"] == "running":  # a live trainer holds its run's lock
                 HELD.append(RunLock(d).__enter__())
             else:
@@ -224,30 +75,14 @@ def latency_grid() -> report.GridResults:
              "cfg.task": "latency", "cfg.model": f"nfnet-f{i}", "latency_ms": 500.0 * 1.6**i,
              "images_per_s": 2.0, "batch": 1, "resolution": PRESETS[f"nfnet-f{i}"].train_resolution, "dtype": "float32",
              "device_kind": "cpu"} for i in range(6)]  # F6, F7 not measured: shown as such
-    return report.GridResults("variants", GRIDS / "variants.yaml", pd.DataFrame(rows))
-
-
-# The models' exact counts at the test resolution (tests/test_models.py checks them against
-# Table 3; building F0–F6 abstractly takes minutes on 2 cores, so the report tests reuse them).
-COUNTS = {"nfnet-f0": (71489284, 12384198656, 256), "nfnet-f1": (132634256, 35538968576, 320),
-          "nfnet-f2": (193779228, 62592978944, 352), "nfnet-f3": (254924200, 114763501568, 416),
-          "nfnet-f4": (316069172, 215241187328, 512), "nfnet-f5": (377214144, 289757106176, 544),
-          "nfnet-f6": (438359116, 377280307200, 576)}
+    g = grid.load(GRIDS / "variants.yaml", "smoke", check_paths=False)
+    return report.GridResults("variants", g.path, pd.DataFrame(rows), axes=g.axes, report=g.report)
 
 
 @pytest.fixture(scope="module")
 def structure():
     return pd.DataFrame([dict(model=k, params=p, macs=m, resolution=r) for k, (p, m, r) in COUNTS.items()])
 
-
-def test_structure_counts_the_model_and_caches_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    got = comparison.structure(["nfnet-f0"]).iloc[0]
-    assert (got["params"], got["macs"], got["resolution"]) == COUNTS["nfnet-f0"]
-    cached = json.loads(next((tmp_path / "study").glob("structure-*.json")).read_text())
-    assert cached["nfnet-f0"]["params"] == COUNTS["nfnet-f0"][0]
-    rows = comparison.structure_rows(comparison.structure(["nfnet-f0"]))  # from the cache now
-    assert [(r["metric"], r["delta"]) for r in rows] == [("params", 0.0), ("FLOPs (MACs)", 0.0)]
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +101,8 @@ def rendered(tmp_path_factory, structure):
 def test_report_files_comparison_and_claims(rendered):
     out = rendered.parent
     names = {p.name for p in (out / "figures").iterdir()}
-    for stem in ("fig1_top1_vs_latency", "fig2a", "fig2b", "layers", "depth", "width", "signal_propagation",
-                 "curves_agc", "curves_agc-lambda"):
+    for stem in ("variants", "agc", "agc-lambda", "agc-layers", "depth", "width", "signal_propagation",
+                 "curves_agc", "curves_agc-lambda"):  # each grid's declared figure, named after it
         assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
     comp = pd.read_csv(out / "comparison.csv")
     s = comp[comp["section"] == "structure"]
@@ -278,7 +113,7 @@ def test_report_files_comparison_and_claims(rendered):
     acc = comp[comp["section"] == "accuracy"]
     assert len(acc) and acc["verdict"].str.startswith("not comparable: scale (smoke").all()
     cl = pd.read_csv(out / "claims.csv")
-    assert list(cl["id"]) == [c.id for c in claims.CLAIMS]
+    assert sorted(cl["id"]) == sorted(claims.CLAIMS)  # every claim, from the grid that declares it
     v = dict(zip(cl["id"], cl["verdict"]))
     assert v["agc_stable_at_largest_batch"] == "PASS"  # batch 64 (smoke's largest): not diverged, above chance
     assert v["no_agc_unstable_at_largest_batch"] == "PASS"  # the no-AGC batch-64 run diverged
@@ -297,28 +132,12 @@ def test_empty_runs_dir_renders_placeholders(tmp_path, structure):
                          structure=structure)
     cl = pd.read_csv(tmp_path / "out" / "claims.csv")
     assert set(cl["verdict"]) == {"INCONCLUSIVE"}
-    assert (tmp_path / "out" / "figures" / "fig2a.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "figures" / "agc.png").stat().st_size > 1000
     assert "no finished run yet" in index.read_text() or "missing" in index.read_text()
     comp = pd.read_csv(tmp_path / "out" / "comparison.csv")
     assert (comp[comp["section"] == "structure"]["delta"] == 0).all()
 
 
-def test_published_loader_keeps_source_and_maps_variants():
-    df = published.load()
-    assert {"source", "model", "metric", "value"} <= set(df.columns)
-    nf = published.nfnets()
-    assert list(nf["model"]) == F0_F6 and (nf["source"] == "Table 3").all()
-    assert nf.set_index("model").loc["nfnet-f6", "paper_model"] == "NFNet-F6+SAM"
-    assert list(published.efficientnets()["paper_model"]) == ["EffNet-B0"] + [f"EffNet-B{i}" for i in range(3, 8)]
-
-
-def test_cli_report_rejects_an_unknown_scale(capsys):
-    from study.cli import main
-    assert main(["report", "--scale", "huge", "--no-signal"]) == 2
-    assert "scale: unknown 'huge'" in capsys.readouterr().err
-
-
-# --- headless Chromium --------------------------------------------------------------------------
 
 CHECK = """<script>
 window.addEventListener('load', () => {
@@ -363,11 +182,28 @@ def test_report_opens_in_headless_chromium(rendered, tmp_path):
     assert (pixels.std(axis=(0, 1)) > 0.05).all()  # text, tables and figures, not a blank page
 
 
-def test_unlaunched_grid_rows_match_the_results_table(tmp_path):
-    from study import results
 
-    g = grid.load(GRIDS / "agc.yaml", "smoke", check_paths=False)
-    planned, real = report._planned(g, tmp_path), results.table(g, tmp_path)
-    assert set(planned.columns) <= set(real.columns)
-    cols = list(planned.columns)
-    pd.testing.assert_frame_equal(planned[cols], real[cols], check_dtype=False)
+def test_a_new_grid_feeds_the_report_from_its_own_file(tmp_path, structure):
+    """A grid added with its figure and claims needs no edit to the report module."""
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    text = (GRIDS / "agc.yaml").read_text().replace("name: agc\n", "name: agc-again\n")
+    text = text.replace('section: "Figure 2: adaptive gradient clipping"', 'section: "A new section"')
+    (grids / "agc-again.yaml").write_text(text)
+    index = report.build("smoke", tmp_path / "runs", tmp_path / "out", grids, signal_models=None, structure=structure)
+    page = index.read_text()
+    assert "<h2>A new section</h2>" in page and 'src="figures/agc-again.png"' in page
+    cl = pd.read_csv(tmp_path / "out" / "claims.csv")
+    assert set(cl["grid"]) == {"agc-again"} and len(cl) == 4
+
+
+def test_a_report_block_naming_an_unknown_drawer_or_claim_is_reported_by_name(tmp_path, structure):
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    base = (GRIDS / "depth.yaml").read_text()
+    (grids / "depth.yaml").write_text(base.replace("draw: scaling", "draw: no_such_plot"))
+    got = report.collect("smoke", tmp_path / "runs", grids)["depth"]
+    assert "report.figure.draw: unknown 'no_such_plot'" in got.error
+    (grids / "depth.yaml").write_text(base.replace("claims: [deeper_nfnet_is_more_accurate]", "claims: [no_such_claim]"))
+    got = report.collect("smoke", tmp_path / "runs", grids)["depth"]
+    assert "report.claims: unknown claim 'no_such_claim'" in got.error

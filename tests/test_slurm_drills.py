@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study import grid, launch
+from study.grids import grid
 from tests.test_slurm_cluster import slurm_cluster  # noqa: F401 - skips when the cluster is down
 from tests.test_slurm_grid import cli, metrics, wait_done
 
@@ -139,7 +139,7 @@ def test_usr2_checkpoints_at_its_step_requeues_and_resumes_identically(tmp_path)
     path, prof, g, d = interrupted_once(tmp_path, ["scancel", "--signal=USR2"], steps=600)
     log = "\n".join(p.read_text() for p in (tmp_path / "slurm").rglob("*_log.err"))
     assert "SIGUSR2: checkpointed at step" in log and "this job is preempted" in log
-    assert launch.status(g.runs[0], tmp_path / "slurm") == "done"
+    assert g.runs[0].record(tmp_path / "slurm").status() == "done"
     close(metrics(uninterrupted(path, tmp_path)), metrics(d), rtol=0)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from study import grid, launch
+from study.grids import grid, launch
 from tests.test_slurm_cluster import slurm_cluster  # noqa: F401 - skips when the cluster is down
 
 pytestmark = pytest.mark.slurm
@@ -37,7 +37,7 @@ def cli(*args):
 def wait_done(g, root, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        states = [launch.status(r, root) for r in g.runs]
+        states = [r.record(root).status() for r in g.runs]
         if all(s in launch.FINISHED for s in states):
             return
         time.sleep(2)
@@ -57,6 +57,14 @@ def test_grid_through_slurm_matches_local_backend(tmp_path):
     assert "submitted 2 runs" in out  # returns once submitted
     g = grid.load(path, "smoke")
     wait_done(g, tmp_path / "slurm")
+    # `grid status` adds SLURM's word on each submitted run (scontrol; no accounting here).
+    status = cli("grid", "status", str(path), "--scale", "smoke", "--runs-dir", str(tmp_path / "slurm"))
+    lines = status.splitlines()
+    assert lines[1].rstrip().endswith("slurm"), status
+    for r in g.runs:
+        line = next(l for l in lines if l.startswith(r.run_id))
+        job = (r.directory(tmp_path / "slurm") / "slurm_job").read_text().strip()
+        assert f"{job} completed" in line, status
     cli("grid", "run", str(path), "--scale", "smoke", "--runs-dir", str(tmp_path / "local"))
     for r in g.runs:
         a = json.loads((r.directory(tmp_path / "slurm") / "result.json").read_text())

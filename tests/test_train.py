@@ -17,9 +17,10 @@ import pytest
 from flax import nnx
 
 from study import config as config_lib
-from study import models, optim
-from study.checkpoint import corrupt_for_test
-from study.step import make_train_step, split_model
+from study import models
+from study.engine import optim
+from tests.helpers import corrupt_checkpoint, tensorboard_scalars
+from study.engine.step import make_train_step, split_model
 
 SMOKE = ["dataset=synthetic", "synthetic_size=512", "batch_size=32", "log_every=1",
          "eval_every=10", "checkpoint_every=5", "steps=24", "model.stochdepth_rate=0.1"]
@@ -101,6 +102,11 @@ def test_smoke_run_writes_the_run_directory(tmp_path):
     assert [r["step"] for r in train] == list(range(1, 25))
     assert {"loss", "lr", "grad_norm", "clip_fraction"} <= set(train[0])
     assert len(rows(tmp_path / "run", "eval")) == 3  # steps 10, 20, 24
+    # TensorBoard's own reader sees every logged scalar beside metrics.jsonl.
+    tb = tensorboard_scalars(tmp_path / "run")
+    assert [s for s, _ in tb["train/loss"]] == list(range(1, 25))
+    np.testing.assert_allclose([v for _, v in tb["train/loss"]], [r["loss"] for r in train], rtol=1e-6)
+    assert [s for s, _ in tb["eval/top1"]] == [10, 20, 24]
     # Relaunching a finished run trains nothing.
     t = (tmp_path / "run" / "metrics.jsonl").read_text()
     study(tmp_path / "run", *SMOKE)
@@ -126,6 +132,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path):
     study(tmp_path / "b", *SMOKE)
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
     assert rows(tmp_path / "a", "eval") == rows(tmp_path / "b", "eval")
+    # The killed attempt's steps past its checkpoint are purged from TensorBoard too.
+    assert tensorboard_scalars(tmp_path / "a")["train/loss"] == tensorboard_scalars(tmp_path / "b")["train/loss"]
     sa, sb = final_state(tmp_path / "a"), final_state(tmp_path / "b")
     for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
         np.testing.assert_array_equal(x, y)
@@ -148,9 +156,9 @@ def test_sigterm_checkpoints_and_corrupt_newest_falls_back(tmp_path):
     # A corrupt newest checkpoint: the resume falls back to the previous one (here: none →
     # a fresh start is not acceptable, so make two checkpoints first).
     study(tmp_path / "d", *SMOKE[:-1], "steps=10")  # checkpoints at 5 and 10
-    corrupt_for_test(tmp_path / "d" / "checkpoints", 10)
+    corrupt_checkpoint(tmp_path / "d" / "checkpoints", 10)
     (tmp_path / "d" / "result.json").write_text('{"status": "running"}')
-    from study.checkpoint import Checkpointer  # noqa: PLC0415
+    from study.engine.checkpoint import Checkpointer  # noqa: PLC0415
 
     restored = Checkpointer(tmp_path / "d" / "checkpoints", 2)
     assert sorted(restored.mngr.all_steps()) == [5, 10]

@@ -5,7 +5,8 @@ Public API (later tooling calls exactly these):
 - :func:`create` builds a model by registry name with overrides;
 - :func:`names` lists the registry;
 - :func:`count_params` counts parameters, also on ``nnx.eval_shape`` abstract models;
-- :func:`flops` counts multiply-accumulates per image the way the paper does.
+- :func:`flops` counts multiply-accumulates per image the way the paper does;
+- :func:`structure` is both, disk-cached: what every other module reads.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from study.models import macs
 from study.models.nfnet import NFConfig, NormFreeNet
 from study.models.registry import PRESETS, names, resolve, valid_overrides
 from study.models.resnet import ResNet, ResNetConfig
+from study.models.counts import Structure, structure
 
 __all__ = [
-    "NFConfig", "NormFreeNet", "PRESETS", "ResNet", "ResNetConfig", "build", "count_params",
-    "create", "flops", "names", "resolve", "valid_overrides",
+    "NFConfig", "NormFreeNet", "PRESETS", "ResNet", "ResNetConfig", "Structure", "build", "count_params",
+    "create", "flops", "names", "resolve", "structure", "valid_overrides",
 ]
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models.activations import GAMMA
+from study.models.backbone import Backbone
 from study.models.activations import activation as make_activation
 from study.models.layers import Linear, normal_init, StochasticDepth, avg_pool_2x2, max_pool_3x3
 from study.models.squeeze_excite import SqueezeExcite
@@ -189,7 +190,7 @@ class Stem(nnx.Module):
         return max_pool_3x3(x, self.padding) if self.kind == "resnet" else x
 
 
-class NormFreeNet(nnx.Module):
+class NormFreeNet(Backbone):
     """An NFNet or NF-ResNet. Input NHWC; output logits (no softmax)."""
 
     def __init__(self, cfg: NFConfig, *, rngs: nnx.Rngs):
@@ -229,17 +230,8 @@ class NormFreeNet(nnx.Module):
         )
         self.num_features = ch
 
-    def blocks(self) -> list[NFBlock]:
-        return [b for stage in self.stages for b in stage]
-
-    def features(self, x: jax.Array, collect: list | None = None) -> jax.Array:
-        """Stem and blocks; appends each block's output to ``collect`` when given."""
-        x = self.stem(x)
-        for block in self.blocks():
-            x = block(x)
-            if collect is not None:
-                collect.append(x)
-        return x
+    def stem_forward(self, x: jax.Array) -> jax.Array:
+        return self.stem(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)

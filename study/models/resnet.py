@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models.activations import activation as make_activation
+from study.models.backbone import Backbone
 from study.models.layers import Linear, normal_init, max_pool_3x3
 from study.models.ws_conv import Conv2d
 
@@ -69,7 +70,7 @@ class Bottleneck(nnx.Module):
         return self.act(out + shortcut)
 
 
-class ResNet(nnx.Module):
+class ResNet(Backbone):
     def __init__(self, cfg: ResNetConfig, *, rngs: nnx.Rngs):
         if not (len(cfg.depths) == len(cfg.widths) == len(cfg.strides)):
             raise ValueError("depths, widths and strides must have the same length")
@@ -94,18 +95,9 @@ class ResNet(nnx.Module):
         )
         self.num_features = ch
 
-    def blocks(self) -> list[Bottleneck]:
-        return [b for stage in self.stages for b in stage]
-
-    def features(self, x: jax.Array, collect: list | None = None) -> jax.Array:
+    def stem_forward(self, x: jax.Array) -> jax.Array:
         x = self.act(self.stem_bn(self.stem_conv(x)))
-        if self.cfg.stem == "resnet":
-            x = max_pool_3x3(x, self.cfg.padding)
-        for block in self.blocks():
-            x = block(x)
-            if collect is not None:
-                collect.append(x)
-        return x
+        return max_pool_3x3(x, self.cfg.padding) if self.cfg.stem == "resnet" else x
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.mean(self.features(x), axis=(1, 2))

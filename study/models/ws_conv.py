@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models import macs
-from study.fan_in import fan_in_broadcast, fan_in_sum
+from study.models.fan_in import fan_in_broadcast, fan_in_sum
 from study.models.layers import constant_init, normal_init, pool_pads
 
 WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}

@@ -1,0 +1,1 @@
+"""Analysis: results table, aggregation over seeds, claims, figures, comparison, report."""

@@ -1,0 +1,1 @@
+"""The training engine: trainer, step, optimizer with AGC, checkpoints, data pipelines, latency."""

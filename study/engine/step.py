@@ -1,0 +1,132 @@
+"""The jitted training and evaluation steps, functional over a plain pytree state.
+
+State: ``params`` (nnx.Param), ``rest`` (everything else in the model: dropout RNG streams,
+BatchNorm statistics), ``opt`` (optax state), ``ema`` (EMA of the params) and ``step``.
+Gradient accumulation runs ``accum_steps`` micro-batches and averages their gradients
+before AGC sees them, so 4×64 is the 256 batch's gradient exactly
+(for models without batch statistics). Under a data-parallel mesh the batch axis is sharded
+and XLA sums the gradients across devices before AGC, as the official code's ``psum``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from study.engine.agc import AGCState, clipped_fraction
+from study.engine.optim import ema_update
+
+
+def split_model(model: nnx.Module) -> tuple[Any, Any, Any, Any]:
+    """(train graphdef, eval graphdef, params, rest)."""
+    model.train()
+    g_train, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    g_eval, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    return g_train, g_eval, params, rest
+
+
+def _normalize(x: jax.Array, mean: tuple, std: tuple, dtype: Any) -> jax.Array:
+    m = jnp.asarray(mean, jnp.float32) * 255.0
+    s = jnp.asarray(std, jnp.float32) * 255.0
+    return ((x.astype(jnp.float32) - m) / s).astype(dtype)
+
+
+def make_train_step(
+    graphdef: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *, num_classes: int,
+    label_smoothing: float, ema_decay: float, mean: tuple, std: tuple, dtype: Any = jnp.float32,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
+    def loss_fn(params, rest, x, y, dist):
+        # Rebuild the Variables at this trace level: the dropout RNG counters are mutated here,
+        # and NNX refuses to mutate Variables created at the enclosing jit/scan level.
+        rest = jax.tree.map(lambda v: v, rest)
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(_normalize(x, mean, std, dtype)).astype(jnp.float32)
+        # Smoothing after MixUp/CutMix label mixing, as the official `_loss_fn`.
+        hard = jax.nn.one_hot(y, num_classes) if dist is None else dist
+        targets = optax.smooth_labels(hard, label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        return loss, (nnx.state(model, nnx.Not(nnx.Param)), correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def micro_step(params, rest, gsum, lsum, csum, x, y, dist):
+        (loss, (rest, correct)), g = grad_fn(params, rest, x, y, dist)
+        if gsum is not None:
+            g = jax.tree.map(jnp.add, gsum, g)
+            loss, correct = lsum + loss, csum + correct
+        return rest, g, loss, correct
+
+    # accum is static: with one micro-batch the division (a pass over every gradient) vanishes.
+    @functools.partial(jax.jit, donate_argnums=0, static_argnums=5)
+    def apply_step(state, rest, gsum, lsum, csum, accum, examples):
+        params = state["params"]
+        grads = gsum if accum == 1 else jax.tree.map(lambda g: g / accum, gsum)
+        updates, opt = tx.update(grads, state["opt"], params)
+        new_params = optax.apply_updates(params, updates)
+        # EMA of the parameters; a BN model's EMA evaluation uses the running statistics,
+        # which are themselves moving averages.
+        ema = ema_update(state["ema"], new_params, ema_decay, state["step"])
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
+        agc = [s for s in jax.tree.leaves(opt, is_leaf=lambda s: isinstance(s, AGCState))
+               if isinstance(s, AGCState)]
+        metrics = {
+            "loss": lsum / accum,
+            "lr": lr(state["step"]),
+            "grad_norm": optax.global_norm(grads),
+            "clip_fraction": clipped_fraction(agc[0]) if agc else jnp.zeros(()),
+            "train_top1": csum / examples,
+            "params_finite": finite,
+        }
+        new_state = dict(params=new_params, rest=rest, opt=opt, ema=ema, step=state["step"] + 1)
+        return new_state, metrics
+
+    def step(state: dict, batch: dict, sharding: Any = None) -> tuple[dict, dict]:
+        """One optimizer step on ``batch`` (host arrays shaped (accum, micro, ...)).
+
+        Micro-batches run one jitted gradient call each and their gradients are summed on the
+        device, then averaged once: a Python loop rather than ``lax.scan``, because XLA:CPU runs
+        convolutions inside a while loop about 8× slower (measured: 858 vs 108 ms per step).
+        """
+        accum = len(batch["image"])  # an array (accum, micro, ...) or a list of micro-batches
+        rest, gsum, lsum, csum = state["rest"], None, None, None
+        for i in range(accum):
+            x, y = batch["image"][i], batch["label"][i]
+            dist = batch["label_dist"][i] if "label_dist" in batch else None
+            if sharding is not None:
+                x, y, dist = (put(v, sharding) for v in (x, y, dist))
+            rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
+        # The host's batch is its 1/process_count share of the global one.
+        examples = jax.process_count() * sum(batch["label"][i].shape[0] for i in range(accum))
+        return apply_step(state, rest, gsum, lsum, csum, accum, float(examples))
+
+    return step
+
+
+def put(x: Any, sharding: Any) -> Any:
+    """Host array → device array; with several processes each passes its own share."""
+    if x is None:
+        return None
+    if jax.process_count() > 1:
+        return jax.make_array_from_process_local_data(sharding, x)
+    return jax.device_put(x, sharding)
+
+
+def make_eval_step(graphdef: Any, *, mean: tuple, std: tuple, dtype: Any = jnp.float32) -> Callable:
+    """(params, rest, x, y) → (top-1 correct, top-5 correct) for one batch."""
+
+    def step(params, rest, x, y):
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(_normalize(x, mean, std, dtype)).astype(jnp.float32)
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        return jnp.sum(top5[:, 0] == y), jnp.sum(jnp.any(top5 == y[:, None], axis=-1))
+
+    return step

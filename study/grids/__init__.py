@@ -1,0 +1,1 @@
+"""Grids: grid files and run identity, the local and SLURM launchers."""

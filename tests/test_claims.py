@@ -1,0 +1,144 @@
+"""Claims as predicates over results tables: PASS, FAIL and INCONCLUSIVE on generated tables,
+seeds (best 4 of 5), and the registry every grid file's ``report.claims`` names."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.analysis import aggregate, claims
+from study.grids import grid
+
+GRIDS = Path(__file__).resolve().parent.parent / "ablations"
+
+
+def agc_table(cells: dict, seeds: int = 1, scale: str = "local") -> pd.DataFrame:
+    """Figure 2a rows from {(label, agc, batch): top1 | "diverged" | "missing" | [per-seed]}."""
+    rows = []
+    for (label, agc, batch), value in cells.items():
+        values = value if isinstance(value, list) else [value] * seeds
+        for seed, v in enumerate(values):
+            status = v if isinstance(v, str) else "done"
+            rows.append({"grid": "agc", "scale": scale, "run_id": f"{label[:2]}{int(agc)}-{batch}-s{seed}",
+                         "label": label, "status": status, "cfg.agc": agc, "cfg.batch_size": batch,
+                         "cfg.seed": seed, "cfg.dataset": "fashion_mnist",
+                         "top1": None if isinstance(v, str) else v})
+    return pd.DataFrame(rows)
+
+
+def declared(name: str) -> list[str]:
+    """The claim ids the grid file declares (``report.claims``)."""
+    return grid.load(GRIDS / f"{name}.yaml", "local", check_paths=False).report["claims"]
+
+
+CLAIMS_OF = {name: declared(name) for name in ("agc", "agc-lambda", "agc-layers", "depth", "width")}
+
+
+def verdicts(tables, best=None) -> dict[str, tuple[str, str]]:
+    out = claims.check(tables, best or {}, CLAIMS_OF)
+    return {r.id: (r.verdict, r.evidence) for r in out.itertuples()}
+
+
+STABLE = {("nf-resnet", True, 256): 0.80, ("nf-resnet", True, 4096): 0.75,
+          ("nf-resnet", False, 256): 0.81, ("nf-resnet", False, 4096): "diverged",
+          ("bn-resnet", False, 256): 0.82, ("bn-resnet", False, 4096): 0.74}
+
+
+def test_agc_claims_pass_on_a_table_where_agc_holds_at_4096():
+    v = verdicts({"agc": agc_table(STABLE)})
+    for cid in ("agc_stable_at_largest_batch", "no_agc_unstable_at_largest_batch",
+                "agc_matches_bn_at_largest_batch", "no_agc_behind_bn_at_largest_batch"):
+        assert v[cid][0] == "PASS", (cid, v[cid])
+    # The evidence names the numbers and the run ids.
+    assert "0.750" in v["agc_stable_at_largest_batch"][1] and "nf1-4096-s0" in v["agc_stable_at_largest_batch"][1]
+    assert "diverged" in v["no_agc_unstable_at_largest_batch"][1]
+
+
+def test_agc_claims_inconclusive_without_the_runs():
+    missing = {**STABLE, ("nf-resnet", True, 4096): "missing", ("nf-resnet", False, 4096): "running"}
+    v = verdicts({"agc": agc_table(missing)})
+    assert v["agc_stable_at_largest_batch"][0] == "INCONCLUSIVE"
+    assert "too few finished runs" in v["agc_stable_at_largest_batch"][1]
+    assert v["no_agc_unstable_at_largest_batch"][0] == "INCONCLUSIVE"
+    # No table at all: every claim INCONCLUSIVE, none crashes.
+    assert {x[0] for x in verdicts({}).values()} == {"INCONCLUSIVE"}
+    assert {x[0] for x in verdicts({"agc": pd.DataFrame()}).values()} == {"INCONCLUSIVE"}
+
+
+def test_agc_claims_fail_on_a_contradicting_table():
+    bad = {**STABLE, ("nf-resnet", True, 4096): "diverged", ("nf-resnet", False, 4096): 0.76,
+           ("bn-resnet", False, 4096): 0.70}
+    v = verdicts({"agc": agc_table(bad)})
+    assert v["agc_stable_at_largest_batch"][0] == "FAIL"
+    assert v["no_agc_unstable_at_largest_batch"][0] == "FAIL"  # no-AGC beats the diverged AGC run
+    assert v["agc_matches_bn_at_largest_batch"][0] == "FAIL"  # diverged AGC scores chance (0.1)
+    assert v["no_agc_behind_bn_at_largest_batch"][0] == "FAIL"  # 0.76 vs BN 0.70
+
+
+def test_seeds_best_4_of_5_and_too_few_seeds_inconclusive():
+    seeds = [0.70, 0.71, 0.72, 0.73, 0.10]
+    cells = {**STABLE, ("nf-resnet", True, 4096): seeds}
+    s = aggregate.summarize(agc_table(cells), ["label", "cfg.agc", "cfg.batch_size"], best=4)
+    row = s[(s["label"] == "nf-resnet") & (s["cfg.agc"]) & (s["cfg.batch_size"] == 4096)].iloc[0]
+    assert row["n_used"] == 4 and row["n_finished"] == 5
+    assert row["mean"] == pytest.approx(np.mean(seeds[:4]))
+    assert row["std"] == pytest.approx(np.std(seeds[:4]))
+    assert "0.715 ± 0.011 (n=4)" in aggregate.fmt(row)
+    # 2 of 5 seeds finished: the grid asks for the best 4, so the claim cannot be judged yet.
+    few = {**STABLE, ("nf-resnet", True, 4096): [0.7, 0.71, "missing", "running", "failed"]}
+    v = verdicts({"agc": agc_table(few)}, {"agc": 4})
+    assert v["agc_stable_at_largest_batch"][0] == "INCONCLUSIVE"
+
+
+def lambda_table(best_lam: dict[int, float]) -> pd.DataFrame:
+    rows = []
+    for batch, peak in best_lam.items():
+        for lam in (0.01, 0.02, 0.04, 0.08, 0.16):
+            top1 = 0.8 - 0.05 * abs(np.log2(lam / peak))
+            rows.append({"label": "nf-resnet", "run_id": f"b{batch}-l{lam}", "status": "done",
+                         "cfg.agc_clipping": lam, "cfg.batch_size": batch, "top1": top1,
+                         "cfg.dataset": "fashion_mnist"})
+    return pd.DataFrame(rows)
+
+
+def test_lambda_claim_pass_and_fail():
+    v = verdicts({"agc-lambda": lambda_table({1024: 0.16, 2048: 0.04, 4096: 0.01})})
+    assert v["larger_batches_need_smaller_lambda"][0] == "PASS"
+    assert "batch 4096: λ ≤ 0.01" in v["larger_batches_need_smaller_lambda"][1]
+    assert v["smallest_lambda_stable_at_every_batch"][0] == "PASS"
+    v = verdicts({"agc-lambda": lambda_table({1024: 0.04, 2048: 0.04, 4096: 0.04})})
+    assert v["larger_batches_need_smaller_lambda"][0] == "FAIL"
+
+
+def test_layer_claims():
+    def table(values):
+        return pd.DataFrame([{"label": "clipped", "run_id": f"r{i}", "status": "diverged" if v is None else "done",
+                              "cfg.agc_exclude": str(list(ex)), "top1": v, "cfg.dataset": "fashion_mnist"}
+                             for i, (ex, v) in enumerate(values.items())])
+    good = {(): 0.70, ("head/kernel",): 0.75, ("head/kernel", "stem/*"): 0.749,
+            ("head/kernel", "stages/0/*"): None, ("head/kernel", "stages/3/*"): 0.60}
+    v = verdicts({"agc-layers": table(good)})
+    assert v["not_clipping_classifier_is_better"][0] == "PASS"
+    assert v["first_conv_can_go_unclipped"][0] == "PASS"
+    assert v["every_stage_must_be_clipped"][0] == "PASS"
+    close = {**good, ("head/kernel",): 0.705}  # within the tolerance: not shown either way
+    v = verdicts({"agc-layers": table(close)})
+    assert v["not_clipping_classifier_is_better"][0] == "INCONCLUSIVE"
+    worse = {**good, ("head/kernel", "stages/3/*"): 0.80}  # a stage left unclipped did fine
+    assert verdicts({"agc-layers": table(worse)})["every_stage_must_be_clipped"][0] == "FAIL"
+
+
+# --- comparison ---------------------------------------------------------------------------------
+
+
+def test_every_grid_declares_known_claims_and_every_claim_has_a_grid():
+    declared_ids = [c for ids in CLAIMS_OF.values() for c in ids]
+    assert sorted(declared_ids) == sorted(claims.CLAIMS)  # each claim decided by exactly one grid
+    for cid, c in claims.CLAIMS.items():
+        assert c.text and c.source and c.id == cid
+
+
+def test_a_claim_of_a_grid_without_runs_is_inconclusive_and_names_the_grid():
+    out = claims.check({}, {}, {"agc": ["agc_stable_at_largest_batch"]})
+    assert list(out["verdict"]) == ["INCONCLUSIVE"] and "grid 'agc'" in out["evidence"][0]
