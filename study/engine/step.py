@@ -38,6 +38,15 @@ def _normalize(x: jax.Array, mean: tuple, std: tuple, dtype: Any) -> jax.Array:
     return ((x.astype(jnp.float32) - m) / s).astype(dtype)
 
 
+def _metrics(grads: Any, opt: Any, params: Any, loss: jax.Array, top1: jax.Array, lr: jax.Array) -> dict:
+    """What one optimizer step logs (traced inside the jitted update)."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    agc = [s for s in jax.tree.leaves(opt, is_leaf=lambda s: isinstance(s, AGCState)) if isinstance(s, AGCState)]
+    return {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads),
+            "clip_fraction": clipped_fraction(agc[0]) if agc else jnp.zeros(()),
+            "train_top1": top1, "params_finite": finite}
+
+
 def make_train_step(
     graphdef: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *, num_classes: int,
     label_smoothing: float, ema_decay: float, mean: tuple, std: tuple, dtype: Any = jnp.float32,
@@ -75,17 +84,7 @@ def make_train_step(
         # EMA of the parameters; a BN model's EMA evaluation uses the running statistics,
         # which are themselves moving averages.
         ema = ema_update(state["ema"], new_params, ema_decay, state["step"])
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
-        agc = [s for s in jax.tree.leaves(opt, is_leaf=lambda s: isinstance(s, AGCState))
-               if isinstance(s, AGCState)]
-        metrics = {
-            "loss": lsum / accum,
-            "lr": lr(state["step"]),
-            "grad_norm": optax.global_norm(grads),
-            "clip_fraction": clipped_fraction(agc[0]) if agc else jnp.zeros(()),
-            "train_top1": csum / examples,
-            "params_finite": finite,
-        }
+        metrics = _metrics(grads, opt, new_params, lsum / accum, csum / examples, lr(state["step"]))
         new_state = dict(params=new_params, rest=rest, opt=opt, ema=ema, step=state["step"] + 1)
         return new_state, metrics
 
