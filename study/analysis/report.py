@@ -115,13 +115,16 @@ def collect(scale: str, runs_dir: str | Path, grids_dir: str | Path = "ablations
     return dict(sorted(out.items(), key=lambda kv: (kv[1].report.get("order", 100), kv[0])))
 
 
-def _draw(title: str, func, *args):
-    """``func(*args)``, or a placeholder naming the error: one bad figure must not sink the report."""
+def _draw(title: str, func, *args) -> tuple:
+    """(figure, note): ``func(*args)`` (a drawer may add a note for the caption), or a placeholder
+    and the error as the note: one bad figure must not sink the report."""
     try:
-        return func(*args)
+        drawn = func(*args)
     except Exception as e:  # noqa: BLE001
         log.exception("figure %s", title)
-        return figures.placeholder(title, f"could not draw: {type(e).__name__}: {e}")
+        why = f"could not draw: {type(e).__name__}: {e}"
+        return figures.placeholder(title, why), why
+    return drawn if isinstance(drawn, tuple) else (drawn, "")
 
 
 def _save(fig, out: Path, name: str) -> str:
@@ -160,8 +163,7 @@ def _grid_figure(g: GridResults, scale: str, tables: dict[str, pd.DataFrame], ou
     if needs_runs and not g.finished:
         why = g.error or f"grid {g.name!r} at scale {scale!r}: no finished run yet (make ablation-… SCALE={scale})"
         return _save(figures.placeholder(title, why), out, g.name), caption
-    drawn = _draw(title, lambda: func(g.table, g.best, tables=tables, **spec))
-    fig, note = drawn if isinstance(drawn, tuple) else (drawn, "")
+    fig, note = _draw(title, lambda: func(g.table, g.best, tables=tables, title=title, **spec))
     return _save(fig, out, g.name), f"{caption} {note}".strip()
 
 
@@ -191,20 +193,21 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
     curves = []
     for name, g in grids.items():
         if g.finished and (column(g.table, cfg("task"), "train").fillna("train") == "train").any():
-            fig = _draw(f"Training curves: {name}", figures.curves, g.table, g.axes,
-                        f"Training curves: {name} ({scale})")
+            fig, note = _draw(f"Training curves: {name}", figures.curves, g.table, g.axes,
+                              f"Training curves: {name} ({scale})")
             if fig is not None:
                 curves.append((_save(fig, out, f"curves_{name}"),
                                f"Grid {name}: training loss, test top-1 and fraction of units "
-                               "clipped by AGC against epochs, one line per run."))
+                               f"clipped by AGC against epochs, one line per run. {note}".strip()))
+    note = ""
     if signal_models:
-        fig = _draw("Signal propagation", lambda: figures.signal(_signal(signal_models, signal_resolution),
-                                                                 signal_resolution))
+        fig, note = _draw("Signal propagation", lambda: figures.signal(
+            _signal(signal_models, signal_resolution), signal_resolution))
     else:
         fig = figures.placeholder("Signal propagation", "not computed (signal_models=None)")
     signal = (_save(fig, out, "signal_propagation"),
               "Signal propagation at initialisation: NF-ResNet (skip gains set to 1, dashed: the α² "
-              "schedule its β scalings expect) against the BN-ResNet on batch statistics.")
+              f"schedule its β scalings expect) against the BN-ResNet on batch statistics. {note}".strip())
     sections["Training curves"] = curves
     sections["Signal propagation"] = [signal]
     index = out / "index.html"
