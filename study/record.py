@@ -261,6 +261,22 @@ class RunRecord:
                 rows[(row.get("kind"), row.get("step"))] = row
         return list(rows.values())
 
+    def loss_tail_drop(self) -> float | None:
+        """How much the train loss still fell at the end: the mean loss over the last tenth of
+        the logged steps relative to the tenth before it (0.05 = down 5%). None with fewer than
+        2 rows in either tenth (a short or diverged run)."""
+        train = sorted((r["step"], r["loss"]) for r in self.metrics()
+                       if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float)))
+        if not train:
+            return None
+        last = train[-1][0]
+        before = [l for s, l in train if 0.8 * last < s <= 0.9 * last]
+        end = [l for s, l in train if s > 0.9 * last]
+        if len(before) < 2 or len(end) < 2:
+            return None
+        a, b = sum(before) / len(before), sum(end) / len(end)
+        return (a - b) / a if a else None
+
     def last_checkpoint(self) -> int | None:
         return last_checkpoint(self.dir)
 

@@ -1,7 +1,10 @@
-"""Seeds → one number per grid cell: mean ± std of top-1, diverged runs counted at chance.
+"""Seeds → one number per grid cell: the mean top-1 over seeds with its bootstrap interval,
+diverged runs counted at chance.
 
-The paper reports the mean of the best 4 of 5 seeds (App. D); a grid asks for it with
-``aggregate: {best: 4}``. A diverged run is a result, not a gap: it scores its recorded top-1 if
+Verdicts and error bars use every finished seed (:mod:`study.analysis.intervals`). The paper
+reports the mean of the best 4 of 5 seeds (App. D); a grid asks for that too with
+``aggregate: {best: 4}``, shown beside the mean as ``best_mean``. A diverged run is a result,
+not a gap: it scores its recorded top-1 if
 it has one, else chance (1 / number of classes), and is drawn as a collapsed point. Runs that
 have not finished (missing, pending, running, interrupted, failed) are counted, never averaged.
 """
@@ -51,12 +54,14 @@ def with_score(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, by: list[str], best: int | None = None) -> pd.DataFrame:
-    """One row per cell of ``by``: n_runs, n_finished, n_diverged, mean, std, run_ids, missing.
-
-    With ``best``, the mean and std are over the best ``best`` finished seeds when more have
-    finished (the paper's best 4 of 5); with fewer, over all of them (``n_used`` says how many).
+    """One row per cell of ``by``: n_runs, n_finished, n_diverged, n_used, mean, std, lo and hi
+    (the 95% bootstrap interval of the mean, from 2 seeds on), best_mean (the mean of the best
+    ``best`` seeds, the paper's protocol, when the grid asks for it), scores, run_ids, unfinished.
     """
-    cols = ["n_runs", "n_finished", "n_diverged", "n_used", "mean", "std", "run_ids", "unfinished"]
+    from study.analysis import intervals
+
+    cols = ["n_runs", "n_finished", "n_diverged", "n_used", "mean", "std", "lo", "hi", "best_mean",
+            "best_k", "scores", "run_ids", "unfinished"]
     df = with_score(df)
     if df.empty:
         return pd.DataFrame(columns=[*by, *cols])
@@ -69,14 +74,19 @@ def summarize(df: pd.DataFrame, by: list[str], best: int | None = None) -> pd.Da
     for key, cell in df.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         done = cell[cell["status"].isin(FINISHED)].sort_values("score", ascending=False)
-        used = done.head(best) if best else done
+        scores = tuple(float(s) for s in done["score"])
+        ci = intervals.mean(scores)
         rows.append({
             **dict(zip(by, key)),
             "n_runs": len(cell), "n_finished": len(done),
-            "n_diverged": int((done["status"] == "diverged").sum()), "n_used": len(used),
-            "mean": used["score"].mean() if len(used) else np.nan,
-            "std": used["score"].std(ddof=0) if len(used) > 1 else np.nan,
-            "run_ids": ",".join(used["run_id"].astype(str)),
+            "n_diverged": int((done["status"] == "diverged").sum()), "n_used": len(done),
+            "mean": float(np.mean(scores)) if scores else np.nan,
+            "std": float(np.std(scores)) if len(scores) > 1 else np.nan,
+            "lo": ci.lo if ci else np.nan, "hi": ci.hi if ci else np.nan,
+            "best_mean": float(np.mean(scores[:best])) if best and len(scores) > best else np.nan,
+            "best_k": best if best and len(scores) > best else None,
+            "scores": scores,
+            "run_ids": ",".join(done["run_id"].astype(str)),
             "unfinished": ",".join(f"{r}:{s}" for r, s in cell.loc[~cell["status"].isin(FINISHED),
                                                                    ["run_id", "status"]].values),
         })
@@ -90,13 +100,15 @@ def complete(row: pd.Series, best: int | None = None) -> bool:
 
 
 def fmt(row: pd.Series) -> str:
-    """``0.712 ± 0.004 (n=4; 1 diverged) [ids]`` — the evidence string of one cell."""
+    """``0.712 [0.704, 0.720] (n=5; best 4 of 5: 0.716; 1 diverged) [ids]``: the evidence of a cell."""
     if not row["n_finished"]:
         return f"no finished run of {row['n_runs']}"
     text = f"{row['mean']:.3f}"
-    if row["n_used"] > 1:
-        text += f" ± {row['std']:.3f}"
+    if np.isfinite(row.get("lo", np.nan)):
+        text += f" [{row['lo']:.3f}, {row['hi']:.3f}]"
     extra = f"n={row['n_used']}"
+    if np.isfinite(row.get("best_mean", np.nan)):
+        extra += f"; best {int(row['best_k'])} of {row['n_used']}: {row['best_mean']:.3f}"
     if row["n_diverged"]:
         extra += f"; {row['n_diverged']} diverged"
     if row["n_finished"] < row["n_runs"]:

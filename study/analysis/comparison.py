@@ -181,7 +181,9 @@ def accuracy_rows(tables: Mapping[str, pd.DataFrame], best: Mapping[str, int | N
             item = f"{grid}/{cell['label']}" + "".join(f" {a}={cell[axis(a)]}" for a in names
                                                        if pd.notna(cell[axis(a)]))
             paper = pub.loc[name, "top1"] if name in pub.index else np.nan
-            ours = cell["mean"] * 100 if cell["n_finished"] else np.nan
+            # The paper's protocol where the grid asks for it (the best 4 of 5 seeds, App. D).
+            score = cell["best_mean"] if np.isfinite(cell["best_mean"]) else cell["mean"]
+            ours = score * 100 if cell["n_finished"] else np.nan
             scale, dataset = column(runs, "scale", "").iloc[0], column(runs, cfg("dataset"), "").iloc[0]
             delta = None
             if scale != "paper" or dataset != "imagenet":

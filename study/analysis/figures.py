@@ -1,7 +1,7 @@
 """The report's figures, drawn like the paper's (seaborn on matplotlib, headless Agg).
 
 Each function takes tidy tables and returns a Figure. Conventions shared by every plot: seeds are
-a mean ± std error bar (``study.aggregate.summarize``, the grid's best-k); a diverged run is a
+a mean with its 95% bootstrap interval as the error bar (``study.aggregate.summarize``, the grid's best-k); a diverged run is a
 red ✕ collapsed at its score (chance when it has no top-1), as the paper draws unstable runs at
 the bottom of Figure 2; a cell with no finished run says "missing" on the axis instead of
 silently dropping out; a figure with nothing to show is a placeholder naming what is missing.
@@ -48,11 +48,18 @@ def placeholder(title: str, message: str) -> Figure:
     return fig
 
 
+def _ci(s: pd.DataFrame) -> np.ndarray:
+    """Error bars: each cell's 95% bootstrap interval of the mean over seeds (none for one seed)."""
+    lo = (s["mean"] - pd.to_numeric(s["lo"], errors="coerce")).fillna(0).clip(lower=0)
+    hi = (pd.to_numeric(s["hi"], errors="coerce") - s["mean"]).fillna(0).clip(lower=0)
+    return np.vstack([lo.to_numpy(float), hi.to_numpy(float)])
+
+
 def _series(ax, s: pd.DataFrame, x: str, label: str, color, marker: str = "o") -> None:
     """One line of cell means with std bars; diverged cells as red ✕; unfinished cells 'missing'."""
     s = s.sort_values(x)
     ok = s[s["n_finished"] > 0]
-    ax.errorbar(ok[x], ok["mean"], yerr=ok["std"].fillna(0), color=color, marker=marker, capsize=3,
+    ax.errorbar(ok[x], ok["mean"], yerr=_ci(ok), color=color, marker=marker, capsize=3,
                 label=label)
     div = ok[ok["n_diverged"] > 0]
     if len(div):
@@ -197,7 +204,7 @@ def layers(df: pd.DataFrame, best: int | None, **_) -> Figure:
     names = [_unclipped(e) for e in s["excluded"]]
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = ["crimson" if d else "C2" for d in s["n_diverged"].fillna(0)]
-    bars = ax.bar(names, s["mean"].fillna(0), yerr=s["std"].fillna(0), color=colors, capsize=3)
+    bars = ax.bar(names, s["mean"].fillna(0), yerr=_ci(s.fillna({"mean": 0})), color=colors, capsize=3)
     for bar, (_, r) in zip(bars, s.iterrows()):
         text = "missing" if not r["n_finished"] else ("diverged" if r["n_diverged"] else f"{r['mean']:.3f}")
         if r["n_diverged"]:

@@ -16,7 +16,7 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} figure{margin:1em 0 2em} img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:13px;color:#444;max-width:60em} .PASS{background:#c8f0c8}
-.FAIL{background:#f6c4c4} .INCONCLUSIVE{background:#f3e6b3} code{font-size:12px}
+.FAIL{background:#f6c4c4} .INCONCLUSIVE{background:#f3e6b3} .INVALID{background:#d9d9d9} code{font-size:12px}
 .muted{color:#777;font-size:13px}
 """
 

@@ -41,6 +41,7 @@ class Row:
     environment: dict[str, Any]
     params: int | None = None
     macs: float | None = None
+    loss_tail_drop: float | None = None  # did the train loss stop falling (RunRecord.loss_tail_drop)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"grid": self.grid, "scale": self.scale, "run_id": self.run_id,
@@ -60,6 +61,8 @@ class Row:
                         "commit": env.get("git", {}).get("commit"), "dirty": env.get("git", {}).get("dirty")})
         if self.params is not None:
             out.update(params=self.params, macs=self.macs)
+        if self.loss_tail_drop is not None:
+            out["loss_tail_drop"] = self.loss_tail_drop
         return out
 
 
@@ -73,8 +76,10 @@ def row(run: Run, root: str | Path, *, count: bool = True) -> Row:
         c = run.config
         s = models.structure(c["model"], c["image_size"] or None, **c["model_overrides"])
         params, macs = s.params, s.macs
+    exists = rec.dir.exists()
     return Row(run.grid, run.scale, run.run_id, run.label, str(status), str(rec.dir), run.varied,
-               run.config, result, rec.environment() if rec.dir.exists() else {}, params, macs)
+               run.config, result, rec.environment() if exists else {}, params, macs,
+               rec.loss_tail_drop() if exists else None)
 
 
 def table(grid: Grid, root: str | Path, *, count: bool = True) -> pd.DataFrame:
