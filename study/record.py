@@ -10,14 +10,8 @@ runs through :class:`RunRecord`; every JSON write is atomic, so a crash never le
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +20,6 @@ from study import runlock
 from study.status import FINISHED, Status, complete, finished
 
 TENSORBOARD = "tensorboard"  # event files beside metrics.jsonl
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pandas",
-            "submitit", "study")
-
-
 def write_json(path: Path, data: Any) -> None:
     """Atomic write: a reader sees the old file or the new one, never a partial one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -50,47 +40,6 @@ def normalize(data: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def git_info(repo: Path | None = None) -> dict[str, Any]:
-    repo = repo or Path(__file__).resolve().parent.parent
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    return {"commit": commit or None, "dirty": dirty if commit else None}
-
-
-def environment() -> dict[str, Any]:
-    import jax
-
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            versions[p] = None
-    devices = jax.devices()
-    return {
-        "packages": versions,
-        "python": sys.version.split()[0],
-        "git": git_info(),
-        "device_kind": devices[0].device_kind,
-        "platform": devices[0].platform,
-        "device_count": jax.device_count(),
-        "local_device_count": jax.local_device_count(),
-        "process_count": jax.process_count(),
-        "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "machine": platform.machine(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def last_checkpoint(workdir: Path) -> int | None:

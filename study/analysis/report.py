@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import claims as claims_lib
-from study.analysis import comparison, figures, page
+from study.analysis import comparison, curves, figures, page
 from study.analysis.aggregate import column
 from study.analysis.columns import cfg
 from study.status import FINISHED
@@ -190,25 +190,25 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
         if "figure" in g.report:
             sections.setdefault(g.report.get("section", "Ablations"), []).append(
                 _grid_figure(g, scale, tables, out))
-    curves = []
+    curve_figs = []
     for name, g in grids.items():
         if g.finished and (column(g.table, cfg("task"), "train").fillna("train") == "train").any():
-            fig, note = _draw(f"Training curves: {name}", figures.curves, g.table, g.axes,
+            fig, note = _draw(f"Training curves: {name}", curves.curves, g.table, g.axes,
                               f"Training curves: {name} ({scale})")
             if fig is not None:
-                curves.append((_save(fig, out, f"curves_{name}"),
-                               f"Grid {name}: training loss, test top-1 and fraction of units "
-                               f"clipped by AGC against epochs, one line per run. {note}".strip()))
+                curve_figs.append((_save(fig, out, f"curves_{name}"),
+                                   f"Grid {name}: training loss, test top-1 and fraction of units "
+                                   f"clipped by AGC against epochs, one line per run. {note}".strip()))
     note = ""
     if signal_models:
-        fig, note = _draw("Signal propagation", lambda: figures.signal(
+        fig, note = _draw("Signal propagation", lambda: curves.signal(
             _signal(signal_models, signal_resolution), signal_resolution))
     else:
         fig = figures.placeholder("Signal propagation", "not computed (signal_models=None)")
     signal = (_save(fig, out, "signal_propagation"),
               "Signal propagation at initialisation: NF-ResNet (skip gains set to 1, dashed: the α² "
               f"schedule its β scalings expect) against the BN-ResNet on batch statistics. {note}".strip())
-    sections["Training curves"] = curves
+    sections["Training curves"] = curve_figs
     sections["Signal propagation"] = [signal]
     index = out / "index.html"
     index.write_text(page.render(scale, Path(runs_dir), grids, verdicts, comp, sections))

@@ -100,7 +100,8 @@ def run(workdir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     status and the results table treat it alike. ``steps`` is the number of timed steps (0: 20);
     ``image_size`` 0 means the model's train resolution, as the paper's protocol.
     """
-    from study.record import RunRecord, environment
+    from study.environment import environment
+    from study.record import RunRecord
     from study.status import Status
 
     from study.engine import compile_cache

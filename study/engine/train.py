@@ -33,7 +33,8 @@ from study.engine import checkpoint, compile_cache, input_pipeline, optim
 from study.engine.bookkeeping import Books, Every, divergence, who
 from study.engine.checkpoint import Checkpointer
 from study.engine.step import make_eval_step, make_train_step, put, split_model
-from study.record import RunRecord, environment
+from study.environment import environment
+from study.record import RunRecord
 from study.runlock import RunLock
 from study.status import Status
 
