@@ -2,6 +2,7 @@
 limit, each ending as an uninterrupted run did (markers: slurm, slow; CI's `make test-slow`)."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -143,11 +144,26 @@ def test_usr2_checkpoints_at_its_step_requeues_and_resumes_identically(tmp_path)
     close(metrics(uninterrupted(path, tmp_path)), metrics(d), rtol=0)
 
 
+def steps_for(seconds: float, tmp_path) -> int:
+    """How many of the drill's steps take ``seconds`` on one core of this machine, measured by a
+    short run of the same config (so a faster machine, or a warm compile cache, cannot finish
+    the run inside its first time window and skip the drill)."""
+    sets = [s for s in SETS if not s.startswith(("steps=", "log_every=", "eval_every=", "checkpoint_every="))]
+    sets = [*sets, "steps=300", "log_every=10", "eval_every=100", "checkpoint_every=100"]  # as the drill
+    args = ["taskset", "-c", "0", sys.executable, "-m", "study.cli", "train", "--workdir", str(tmp_path / "calibrate")]
+    r = subprocess.run([*args, *(x for s in sets for x in ("--set", s))], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    step_ms = json.loads((tmp_path / "calibrate" / "result.json").read_text())["step_time_ms"]
+    return int(math.ceil(seconds * 1000 / step_ms / 100) * 100)
+
+
 def test_time_limit_checkpoints_requeues_and_resumes_identically(tmp_path):
-    # A 2-minute limit with USR2 60 s before it (slurmctld checks every 30 s). Measured at 4000
-    # steps: attempts were cut at steps 1892, 2896 and 3942, the fourth finished. 2500 steps need
-    # 2-3 attempts; the profile allows 5 timeouts.
-    path, prof, g, run = setup(tmp_path, steps=2500, timeout=2, delay=60, checkpoint_every=100)
+    # A 2-minute limit with USR2 60 s before it (slurmctld checks every 30 s): each attempt trains
+    # for under a minute. The run is sized to 130 s of training on this machine (measured first),
+    # so it needs 3 attempts, at least 2 if the machine runs twice as fast during the drill, and
+    # at most 6 (the profile allows 5 timeouts) if it runs twice as slow.
+    steps = steps_for(130, tmp_path)
+    path, prof, g, run = setup(tmp_path, steps=steps, timeout=2, delay=60, checkpoint_every=100)
     submit(path, prof, tmp_path / "slurm")
     d = run.directory(tmp_path / "slurm")
     wait_done(g, tmp_path / "slurm", timeout=900)
