@@ -57,10 +57,16 @@ class Key:
 
 
 # The valid choices, owned here and imported wherever they are needed.
-TASKS = ("train", "latency")
+TASKS = ("train", "latency", "signal")
 # Datasets and their number of classes (synthetic: ``num_classes``; an ImageNet folder: its own).
 DATASET_CLASSES: dict[str, int | None] = {"fashion_mnist": 10, "cifar10": 10, "imagenet": 1000, "synthetic": None}
 DATASETS = tuple(DATASET_CLASSES)
+# Training-set sizes (an ImageNet folder may hold fewer; synthetic: ``synthetic_size``), for the
+# step counts a grid derives before any data is read (``budget: steps``).
+DATASET_TRAIN_SIZE: dict[str, int | None] = {"fashion_mnist": 60_000, "cifar10": 50_000,
+                                             "imagenet": 1_281_167, "synthetic": None}
+# In-memory datasets' native resolution: ``image_size`` area-downsamples them by a whole factor.
+DATASET_NATIVE_SIZE: dict[str, int] = {"fashion_mnist": 28, "cifar10": 32}
 IMAGENET_LAYOUTS = ("folder", "array_record")
 AGC_GRANULARITIES = ("unit", "layer")
 DTYPES = ("float32", "bfloat16")
@@ -68,12 +74,12 @@ DTYPES = ("float32", "bfloat16")
 
 # The defaults are the local scale's: they reach ≥ 0.88 Fashion-MNIST test top-1 on 2 CPU cores.
 KEYS: dict[str, Key] = {
-    "task": Key("train", "what the run does (latency: time training steps by the paper's protocol, App. A.2)", str, choices=TASKS),
+    "task": Key("train", "what the run does (latency: time training steps by the paper's protocol, App. A.2; signal: signal propagation at initialisation, §3)", str, choices=TASKS),
     "model": Key("nf-resnet-nano", "registry name (study models)", str),
     "dataset": Key("fashion_mnist", "the data set", str, choices=DATASETS),
     "data_dir": Key(None, "dataset directory (default: the dataset's own)", (str, type(None))),
     "imagenet_layout": Key("folder", "folder: train/<class>/*.JPEG; array_record: TFDS ArrayRecords", str, choices=IMAGENET_LAYOUTS),
-    "image_size": Key(0, "ImageNet train resolution (0: the model's); synthetic image size", int, min=0),
+    "image_size": Key(0, "ImageNet train resolution (0: the model's); Fashion-MNIST/CIFAR-10: both splits area-downsampled to it by a whole factor; synthetic image size", int, min=0),
     "eval_image_size": Key(0, "ImageNet eval resolution (0: the model's test resolution)", int, min=0),
     "mixup_cutmix": Key(False, "MixUp on half the batch, CutMix on the other (paper A.3)", bool),
     "mix_alpha": Key(0.2, "MixUp Beta(α, α)", (int, float), min=0, gt=True),
@@ -202,6 +208,10 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
     if cfg["steps"] == 0 and cfg["warmup_epochs"] > cfg["epochs"]:
         raise ConfigError(f"warmup_epochs: {cfg['warmup_epochs']} is longer than the training "
                           f"(epochs: {cfg['epochs']})")
+    native, size = DATASET_NATIVE_SIZE.get(cfg["dataset"]), cfg["image_size"]
+    if native and size and (size > native or native % size):
+        raise ConfigError(f"image_size: {cfg['dataset']} is {native} px; a lower resolution must divide it "
+                          f"(e.g. {native // 2}), got {size}")
     ra = cfg["randaugment"]
     if ra is not None and not (len(ra) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                    and v >= 0 for v in ra)):
@@ -221,6 +231,11 @@ def validate(cfg: dict[str, Any], check_paths: bool = True) -> None:
     except ValueError as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("model:") else f"model.{msg}") from None
+
+
+def train_size(cfg: dict[str, Any]) -> int:
+    """The number of training examples ``cfg`` will see per epoch (from the dataset's name)."""
+    return DATASET_TRAIN_SIZE[cfg["dataset"]] or cfg["synthetic_size"]
 
 
 def help_text() -> str:

@@ -185,6 +185,14 @@ class RunRecord:
         path = self.dir / "result.json"
         return path.stat().st_mtime if path.exists() else None
 
+    def write_signal(self, rows: list[dict[str, Any]]) -> None:
+        """A ``task: signal`` run's per-block statistics (``signal.json``)."""
+        self._write("signal.json", rows)
+
+    def signal(self) -> list[dict[str, Any]]:
+        """The per-block signal-propagation rows of a ``task: signal`` run ([] if none)."""
+        return self._read("signal.json") or []
+
     def write_slurm_job(self, job_id: str) -> None:
         (self.dir / "slurm_job").write_text(job_id + "\n")
 

@@ -24,17 +24,17 @@ class Status(enum.StrEnum):
 
 
 FINISHED = (Status.DONE, Status.DIVERGED)
-# The metrics a finished training run must carry (a latency run carries ``latency_ms``).
+# The metrics a finished training run must carry; a latency or signal run carries its own.
 FINAL_METRICS = ("top1", "top5", "ema_top1", "final_loss")
+TASK_METRICS = {"latency": ("latency_ms",), "signal": ("signal_var_last",)}
 # Exit status of a trainer that found its run directory locked by another live trainer.
 BUSY_EXIT = 75
 
 
 def complete(result: dict) -> bool:
     """Whether a ``done`` record carries every metric it must."""
-    if result.get("task") == "latency":
-        return result.get("latency_ms") is not None
-    return all(result.get(k) is not None for k in FINAL_METRICS)
+    needed = TASK_METRICS.get(result.get("task"), FINAL_METRICS)
+    return all(result.get(k) is not None for k in needed)
 
 
 def finished(result: dict) -> bool:

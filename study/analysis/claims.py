@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from study.analysis import intervals
 from study.analysis.aggregate import column, fmt
 from study.analysis.columns import cfg, knob
 from study.analysis.verdicts import (CLAIMS, FAIL, INCONCLUSIVE, INVALID, PASS, VERDICTS, Short, below,
@@ -83,6 +84,30 @@ def no_agc_behind_bn_at_largest_batch(df: pd.DataFrame, best: int | None) -> tup
     big, _, off, bn = _fig2a(df, best)
     ok = off["n_diverged"] > 0 or below(off, bn)
     return (PASS if ok else FAIL), f"batch {big}: NF without AGC {fmt(off)}; BN {fmt(bn)}; Δ {diff(off, bn)}"
+
+
+@claim
+def agc_little_benefit_at_small_batch(df: pd.DataFrame, best: int | None) -> tuple[str, str]:
+    """AGC gives little benefit at small batch sizes; its benefit is at the large ones.
+    §4.1: AGC's benefit is at large batch sizes; at small batch sizes NF-ResNets train well
+    without it. Holds when, at the smallest batch, AGC beats no AGC by under 1 pp (mean) and its
+    benefit there is smaller than at the largest batch (95% interval, or a no-AGC seed diverged).
+    """
+    small, big = _batches(df, labelled(df, "nf-resnet"))
+    if small == big:
+        raise Short("needs two batch sizes")
+    nf, batch, agc = labelled(df, "nf-resnet"), num(df, cfg("batch_size")), flag(df, cfg("agc"))
+    on_s = reference(cell(df, best, f"NF-ResNet + AGC at batch {small}", nf & (batch == small) & agc), df,
+                     f"NF-ResNet + AGC at batch {small}")
+    off_s = cell(df, best, f"NF-ResNet without AGC at batch {small}", nf & (batch == small) & ~agc)
+    on_b = cell(df, best, f"NF-ResNet + AGC at batch {big}", nf & (batch == big) & agc)
+    off_b = cell(df, best, f"NF-ResNet without AGC at batch {big}", nf & (batch == big) & ~agc)
+    gain_small = diff(on_s, off_s)
+    grows = off_b["n_diverged"] > 0 or intervals.difference_of_differences(
+        on_b["scores"], off_b["scores"], on_s["scores"], off_s["scores"]).above_zero
+    ok = gain_small.estimate < 0.01 and grows
+    return (PASS if ok else FAIL), (f"AGC − no AGC at batch {small}: {gain_small} ({fmt(on_s)} vs {fmt(off_s)}); "
+                                    f"at batch {big}: {diff(on_b, off_b)} ({fmt(on_b)} vs {fmt(off_b)})")
 
 
 # --- Figure 2b: ablations/agc-lambda.yaml -----------------------------------------------------
@@ -221,4 +246,93 @@ def nfnet_width_pattern_not_worse(df: pd.DataFrame, best: int | None) -> tuple[s
         rn = reference(cell(df, best, f"resnet ×{m:g}", (pattern == "resnet") & (mult == m)), df, f"resnet ×{m:g}")
         ok &= not below(nf, rn)
         parts.append(f"×{m:g}: nfnet {fmt(nf)} vs resnet {fmt(rn)}; Δ {diff(nf, rn)}")
+    return (PASS if ok else FAIL), "; ".join(parts)
+
+
+# --- Latency: ablations/variants.yaml ---------------------------------------------------------
+
+def _latency_cells(df: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Finished latency runs of ``label``: model, median, fastest and slowest timed step (ms)."""
+    ok = labelled(df, label) & (column(df, "status", "") == "done")
+    out = pd.DataFrame({"model": column(df, cfg("model"), "")[ok], "ms": num(df, "latency_ms")[ok],
+                        "lo": num(df, "latency_min_ms")[ok], "hi": num(df, "latency_max_ms")[ok],
+                        "run_id": column(df, "run_id", "")[ok]}).dropna(subset=["ms"])
+    return out.sort_values("model").set_index("model")
+
+
+@claim
+def variant_latency_grows_as_table3(df: pd.DataFrame, best: int | None) -> tuple[str, str]:
+    """Training-step latency grows with the variant, F0 < F1 < … (Table 3's ordering).
+    Table 3 / Figure 1: step latency rises from F0 to F6 (TPUv3: 73.3 → 2774.1 ms). Holds when
+    each measured variant's fastest timed step is slower than the previous variant's slowest;
+    the ratios to F0 are shown beside Table 3's TPUv3 and V100 ratios.
+    """
+    from study.analysis import published
+
+    nf = _latency_cells(df, "nfnet")
+    if len(nf) < 2 or "nfnet-f0" not in nf.index:
+        raise Short("needs NFNet-F0 and at least one larger variant timed")
+    paper = published.nfnets().assign(model=lambda t: t["paper_model"].str.lower().str.replace("+sam", ""))
+    paper = paper.set_index("model")
+    ordered = sorted(nf.index, key=lambda m: int(m.rsplit("f", 1)[1]))
+    ok = all(nf.loc[b, "lo"] > nf.loc[a, "hi"] for a, b in zip(ordered, ordered[1:]))
+    parts = []
+    for m in ordered:
+        ratio = nf.loc[m, "ms"] / nf.loc["nfnet-f0", "ms"]
+        ref = [f"{col.split('_')[1].upper()} {paper.loc[m, col] / paper.loc['nfnet-f0', col]:.2f}×"
+               for col in ("latency_tpuv3_ms", "latency_v100_ms")
+               if m in paper.index and pd.notna(paper.loc[m, col])]
+        parts.append(f"{m} {nf.loc[m, 'ms']:.0f} ms ({ratio:.2f}× F0; Table 3: {', '.join(ref) or 'not in Table 3'})")
+    return (PASS if ok else FAIL), "; ".join(parts) + f" [{','.join(nf['run_id'])}]"
+
+
+@claim
+def bn_nfnet_slower_per_step(df: pd.DataFrame, best: int | None) -> tuple[str, str]:
+    """The BatchNorm version of an NFNet is slower per training step than the NF version.
+    Table 6 ("−NF, + BN", TPUv3): 1.16–1.63× the NF step for F0–F3; §6 says 20–40% slower.
+    Holds when, for every variant timed both ways, the BN version's fastest timed step is slower
+    than the NF version's slowest; FAIL when its median is not slower.
+    """
+    nf, bn = _latency_cells(df, "nfnet"), _latency_cells(df, "nfnet-bn")
+    both = [m for m in bn.index if m in nf.index]
+    if not both:
+        raise Short("no variant timed with both NF and BN")
+    parts, verdict = [], PASS
+    for m in both:
+        if bn.loc[m, "ms"] <= nf.loc[m, "ms"]:
+            verdict = FAIL
+        elif bn.loc[m, "lo"] <= nf.loc[m, "hi"] and verdict == PASS:
+            verdict = INCONCLUSIVE
+        parts.append(f"{m}: BN {bn.loc[m, 'ms']:.0f} ms [{bn.loc[m, 'lo']:.0f}, {bn.loc[m, 'hi']:.0f}] vs NF "
+                     f"{nf.loc[m, 'ms']:.0f} ms [{nf.loc[m, 'lo']:.0f}, {nf.loc[m, 'hi']:.0f}] = "
+                     f"{bn.loc[m, 'ms'] / nf.loc[m, 'ms']:.2f}×")
+    ids = ",".join(list(nf.loc[both, "run_id"]) + list(bn.loc[both, "run_id"]))
+    return verdict, "; ".join(parts) + f" (timed steps' range in brackets) [{ids}]"
+
+
+# --- Signal propagation at initialisation: ablations/signal.yaml -------------------------------
+
+@claim
+def nf_signal_tracks_bn(df: pd.DataFrame, best: int | None) -> tuple[str, str]:
+    """At initialisation the NF-ResNet's residual stream has the BN-ResNet's variance profile.
+    §3 (after Brock et al. 2021a, Figure 1): NF-ResNets are built so their signal propagation
+    mimics BN-ResNets': the variance resets at each stage's transition block and grows within
+    each stage. Holds when every seed of both models shows both, with 3+ seeds each.
+    """
+    done = column(df, "status", "") == "done"
+    parts, ok = [], True
+    for label in ("nf-resnet", "bn-resnet"):
+        rows = df[labelled(df, label) & done]
+        if len(rows) < 3:
+            raise Short(f"{label}: {len(rows)} finished seed(s), a verdict needs 3")
+        resets = column(rows, "resets_at_transitions", False).astype(bool)
+        grows = column(rows, "grows_within_stages", False).astype(bool)
+        ok &= bool(resets.all() and grows.all())
+        last = intervals.mean(num(rows, "signal_var_last"))
+        text = (f"{label} ({rows[cfg('model')].iloc[0]}): resets at transitions {int(resets.sum())}/{len(rows)}, "
+                f"grows within stages {int(grows.sum())}/{len(rows)}, last-block variance {last}, "
+                f"mean shift max {num(rows, 'signal_mean_shift_max').mean():.3f}")
+        if "signal_schedule_error_max" in rows:
+            text += f", off the α² schedule by ≤ {num(rows, 'signal_schedule_error_max').max():.1%}"
+        parts.append(text + f" [{','.join(rows['run_id'])}]")
     return (PASS if ok else FAIL), "; ".join(parts)

@@ -63,3 +63,16 @@ def difference(a: Sequence[float], b: Sequence[float]) -> Interval | None:
         return None
     lo, hi = _bootstrap((x, y), lambda p, q, axis: np.mean(p, axis=axis) - np.mean(q, axis=axis))
     return Interval(float(x.mean() - y.mean()), lo, hi)
+
+
+def difference_of_differences(a: Sequence[float], b: Sequence[float], c: Sequence[float],
+                              d: Sequence[float]) -> Interval | None:
+    """(mean(a) − mean(b)) − (mean(c) − mean(d)) and its interval, each cell's seeds resampled
+    independently: whether an effect (a over b) is larger than another (c over d)."""
+    xs = [np.asarray(v, float) for v in (a, b, c, d)]
+    if any(len(x) < 2 for x in xs):
+        return None
+    lo, hi = _bootstrap(tuple(xs), lambda p, q, r, s, axis: (np.mean(p, axis=axis) - np.mean(q, axis=axis))
+                        - (np.mean(r, axis=axis) - np.mean(s, axis=axis)))
+    m = [x.mean() for x in xs]
+    return Interval(float((m[0] - m[1]) - (m[2] - m[3])), lo, hi)

@@ -58,6 +58,19 @@ def _synthetic(cfg: dict[str, Any]) -> tuple[np.ndarray, ...]:
     return (*make(n, 1), *make(max(n // 4, c), 2))
 
 
+def downsample(images: np.ndarray, size: int, key: str = "image_size") -> np.ndarray:
+    """uint8 NHWC images area-averaged to ``size``×``size`` by a whole factor (exact, no kernel
+    choice to document); ``size`` 0 or the native size returns them unchanged."""
+    native = images.shape[1]
+    if size in (0, native):
+        return images
+    if size > native or native % size:
+        raise ValueError(f"{key}: {size} px must divide the native {native} px (e.g. {native // 2})")
+    f = native // size
+    pooled = images.reshape(len(images), size, f, size, f, images.shape[-1]).mean(axis=(2, 4))
+    return np.round(pooled).astype(np.uint8)
+
+
 class _ToUint8(grain.transforms.Map):
     """Clip and cast to uint8 before RandAugment, as the official pipeline does after mixing."""
 
@@ -75,7 +88,8 @@ class _Split(grain.transforms.Map):
 
 
 def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int = 256) -> Data:
-    """The train and eval datasets of ``cfg``; resolutions are used by ImageNet only."""
+    """The train and eval datasets of ``cfg``; resolutions are used by ImageNet only (in-memory
+    sets take ``image_size``: a whole-factor area downsampling of both splits)."""
     name, seed = cfg["dataset"], cfg["seed"]
     workers = 0
     if name in ("fashion_mnist", "cifar10", "synthetic"):
@@ -90,6 +104,8 @@ def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int
         else:
             xtr, ytr, xte, yte = _synthetic(cfg)
             classes, mean, std = cfg["num_classes"], (0.5,), (0.25,)
+        # A lower resolution (the local protocol's cost lever) downsamples both splits.
+        xtr, xte = downsample(xtr, cfg["image_size"]), downsample(xte, cfg["image_size"])
         train = arrays.dataset(xtr, ytr, seed=seed, shuffle=True)
         evaluation = arrays.dataset(xte, yte, seed=seed, shuffle=False)
         sizes, channels = (len(ytr), len(yte)), xtr.shape[-1]

@@ -141,6 +141,10 @@ def train(workdir: str | Path, cfg: dict[str, Any], *, progress: bool | None = N
         from study.engine import latency
 
         return latency.run(workdir, cfg)
+    if cfg["task"] == "signal":  # the signal grid measures the model at initialisation
+        from study.engine import signal_run
+
+        return signal_run.run(workdir, cfg)
     maybe_initialize_distributed()
     cache = compile_cache.enable()  # the runs of a grid share their shapes: compile once
     # Everything that can reject the config happens before the run directory is touched.

@@ -10,8 +10,9 @@ outcome the paper reports, then::
       - set: {model: resnet-nano, agc: false}
         axes: {batch_size: [256, 512]}
         zip: [{base_lr: [0.1, 0.2], warmup_epochs: [1, 2]}]   # zipped keys move together
-    seeds: [0, 1, 2, 3, 4]
+    seeds: [0, 1, 2, 3, 4]                   # a block may set its own ``seeds:``
     aggregate: {best: 4}                     # report the mean of the best 4 of 5 seeds
+    budget: epochs                           # epochs (the paper's) | steps (see BUDGETS)
     scales:                                  # smoke | local | paper overrides
       smoke: {base: {...}, seeds: [0], axes: {batch_size: [32, 64]}}
     report:                                  # what the grid feeds in ``study report``
@@ -40,9 +41,14 @@ from study import yamlfile
 from study.record import RunRecord
 
 SCALES = ("smoke", "local", "paper")
-TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report"}
-BLOCK_KEYS = {"set", "axes", "zip", "label"}
-SCALE_KEYS = {"base", "seeds", "axes", "blocks"}
+TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report", "budget"}
+BLOCK_KEYS = {"set", "axes", "zip", "label", "seeds"}
+SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget"}
+# How long each batch size trains. ``epochs``: the paper's protocol, the same epochs (so a
+# larger batch takes fewer optimizer steps). ``steps``: every run takes the optimizer steps
+# (and warmup steps) that the grid's smallest batch takes in its epochs, so a large batch that
+# still fails is unstable, not short of steps.
+BUDGETS = ("epochs", "steps")
 REPORT_KEYS = {"order", "section", "figure", "claims"}
 FIGURE_KEYS = {"draw", "title", "caption"}  # any other key is an argument of the drawer
 # A grid this large is almost always a typo (200,000 seeds); `--max-runs` raises the limit.
@@ -158,7 +164,7 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
     return text, _mapping(spec, str(path))
 
 
-def _seeds(seeds: Any, path: Path) -> list[int]:
+def _seeds(seeds: Any, path: Path | str) -> list[int]:
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise GridError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
     if any(s < 0 for s in seeds):
@@ -190,7 +196,8 @@ def _shapes(blocks: list, axis_over: dict[str, list], path: Path) -> list[tuple]
             if len(lengths) > 1:
                 raise GridError(f"{where}.zip[{j}]: zipped lists differ in length {sorted(lengths)}")
             groups.append([dict(zip(z, vals)) for vals in zip(*z.values())])
-        shapes.append((where, block, fixed, axes, groups))
+        seeds = _seeds(block["seeds"], f"{where}.seeds") if "seeds" in block else None
+        shapes.append((where, block, fixed, axes, groups, seeds))
     return shapes
 
 
@@ -199,13 +206,13 @@ def _expand(name: str, scale: str, shapes: list[tuple], base: dict[str, Any], se
     """Pass 2: every run's resolved config; the same config from two blocks is one run."""
     runs: list[Run] = []
     seen: dict[str, Run] = {}
-    for i, (where, block, fixed, axes, groups) in enumerate(shapes):
+    for i, (where, block, fixed, axes, groups, block_seeds) in enumerate(shapes):
         axis_points = [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
         for point in itertools.product(axis_points, *groups):
             varied: dict[str, Any] = dict(fixed)  # a block's fixed keys set it apart too
             for part in point:
                 varied.update(part)
-            for seed in seeds:
+            for seed in block_seeds or seeds:
                 layer = {**base, **fixed, **varied, "seed": seed}
                 try:
                     cfg = config_lib.resolve(layer, check_paths=check_paths)
@@ -217,6 +224,33 @@ def _expand(name: str, scale: str, shapes: list[tuple], base: dict[str, Any], se
                 seen[run.run_id] = run
                 runs.append(run)
     return runs
+
+
+def _step_budget(runs: list[Run], path: Path, check_paths: bool) -> list[Run]:
+    """``budget: steps``: each training run gets the optimizer and warmup steps of the grid's
+    smallest batch (its epochs at that batch); a run that sets ``steps`` itself keeps them."""
+    train = [r for r in runs if r.config["task"] == "train" and not r.config["steps"]]
+    if not train:
+        return runs
+    smallest = min(r.config["batch_size"] for r in train)
+    out = []
+    for r in runs:
+        c = r.config
+        if r not in train:
+            out.append(r)
+            continue
+        size = config_lib.train_size(c)
+        layer = {k: v for k, v in c.items() if k != "model_overrides"}
+        layer.update(model_overrides=c["model_overrides"],
+                     steps=max(1, math.ceil(c["epochs"] * size / smallest)),
+                     # warmup is counted in epochs of this run's batch: the same steps as the smallest's
+                     warmup_epochs=c["warmup_epochs"] * c["batch_size"] / smallest)
+        try:
+            cfg = config_lib.resolve(layer, check_paths=check_paths)
+        except config_lib.ConfigError as e:
+            raise GridError(f"{path}: budget: steps: {e}") from None
+        out.append(dataclasses.replace(r, config=cfg))
+    return out
 
 
 def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = None,
@@ -262,10 +296,15 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
         raise GridError(f"{path}: aggregate.best: expected an integer in 1..{len(seeds)}, got {best!r}")
 
     shapes = _shapes(blocks, axis_over, path)
-    size = len(seeds) * sum(math.prod(len(v) for v in axes.values()) * math.prod(len(g) for g in groups)
-                            for _, _, _, axes, groups in shapes)
+    size = sum(len(bseeds or seeds) * math.prod(len(v) for v in axes.values()) * math.prod(len(g) for g in groups)
+               for _, _, _, axes, groups, bseeds in shapes)
     if size > max_runs:
         raise GridError(f"{path}: grid size: {size:,} runs exceeds the limit of {max_runs:,} "
                         "(pass --max-runs to allow it)")
+    budget = over.get("budget", spec.get("budget", "epochs"))
+    if budget not in BUDGETS:
+        raise GridError(f"{path}: budget: unknown {budget!r}; valid: {', '.join(BUDGETS)}")
     runs = _expand(name, scale, shapes, base, seeds, check_paths)
+    if budget == "steps":
+        runs = _step_budget(runs, path, check_paths)
     return Grid(name, path, scale, runs, aggregate, _header(text), report)

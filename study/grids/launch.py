@@ -82,11 +82,31 @@ def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
     return max(1, min(runs, cores, int(mem_gb // mem_per_run_gb)))
 
 
+def cost(run: Run) -> float:
+    """The run's work in MACs (images × MACs per image): the launcher starts the longest first,
+    so the last runs of a grid are short ones and no core idles while one long run finishes."""
+    from study import config as config_lib
+    from study import models
+
+    c = run.config
+    if c["task"] == "latency":
+        images = c["batch_size"] * (c["steps"] or 20)
+    else:
+        images = (c["steps"] * c["batch_size"]) if c["steps"] else c["epochs"] * config_lib.train_size(c)
+    try:
+        macs = models.structure(c["model"], c["image_size"] or models.PRESETS[c["model"]].train_resolution,
+                                **c["model_overrides"]).macs
+    except Exception:  # noqa: BLE001 - an estimate only: never a reason not to launch
+        macs = 1.0
+    return float(images) * float(macs)
+
+
 def _triage(grid: Grid, root: str | Path, log) -> tuple[list[Run], int]:
     """The runs to train (neither finished nor live elsewhere) and how many are finished."""
     states = {r.run_id: r.record(root).status() for r in grid.runs}
     elsewhere = [r for r in grid.runs if states[r.run_id] == Status.RUNNING]
     todo = [r for r in grid.runs if states[r.run_id] not in FINISHED and r not in elsewhere]
+    todo.sort(key=cost, reverse=True)  # longest first (a stable sort: ties keep the file's order)
     if elsewhere:
         log(f"{grid.name}/{grid.scale}: {len(elsewhere)} run(s) are being trained by another "
             f"process: {', '.join(r.run_id for r in elsewhere)}")
