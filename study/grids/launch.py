@@ -83,22 +83,21 @@ def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
 
 
 def cost(run: Run) -> float:
-    """The run's work in MACs (images × MACs per image): the launcher starts the longest first,
-    so the last runs of a grid are short ones and no core idles while one long run finishes."""
+    """The run's work, images × MACs per image (the cached count; else images × pixels): the
+    launcher starts the longest first, so a grid ends on short runs and no core idles while one
+    long run finishes. Never builds a model: JAX's threads must not start before trainers fork."""
     from study import config as config_lib
-    from study import models
+    from study.models import PRESETS
+    from study.models.counts import cached
 
     c = run.config
-    if c["task"] == "latency":
+    if c["task"] != "train":
         images = c["batch_size"] * (c["steps"] or 20)
     else:
         images = (c["steps"] * c["batch_size"]) if c["steps"] else c["epochs"] * config_lib.train_size(c)
-    try:
-        macs = models.structure(c["model"], c["image_size"] or models.PRESETS[c["model"]].train_resolution,
-                                **c["model_overrides"]).macs
-    except Exception:  # noqa: BLE001 - an estimate only: never a reason not to launch
-        macs = 1.0
-    return float(images) * float(macs)
+    res = c["image_size"] or PRESETS[c["model"]].train_resolution
+    counted = cached(c["model"], res, **c["model_overrides"])
+    return float(images) * (counted.macs if counted else float(res * res))
 
 
 def _triage(grid: Grid, root: str | Path, log) -> tuple[list[Run], int]:

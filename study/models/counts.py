@@ -44,6 +44,19 @@ def _key(name: str, resolution: int, overrides: dict[str, Any]) -> str:
 _memory: dict[str, Structure] = {}
 
 
+def cached(name: str, resolution: int, **overrides: Any) -> Structure | None:
+    """The counts if already on disk (or in memory), else None: never builds a model, so a
+    process that must not start JAX (the launcher forks trainers) can ask."""
+    key = _key(name, resolution, overrides)
+    if key in _memory:
+        return _memory[key]
+    try:
+        entry = json.loads(cache_path().read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    return Structure(**entry) if entry else None
+
+
 def structure(name: str, resolution: int | None = None, **overrides: Any) -> Structure:
     """Params and MACs of model ``name`` with ``overrides`` at ``resolution`` (default: test)."""
     from study import models
