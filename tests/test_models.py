@@ -269,3 +269,69 @@ def test_forward_shapes_and_flops_scale_with_resolution():
     assert m(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
     f28, f56 = models.flops("nfnet-nano", 28), models.flops("nfnet-nano", 56)
     assert 3.0 < f56 / f28 < 4.1  # conv MACs ×4, SE and classifier fixed
+
+
+# The paper's "−NF, +BN" NFNet (Table 6): norm="batchnorm".
+def _leaf_names(model, kind):
+    from study.engine.agc import path_str
+
+    return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(nnx.state(model, kind))]
+
+
+def test_batchnorm_nfnet_runs_in_train_and_eval_mode():
+    m = models.create("nfnet-nano", rngs=nnx.Rngs(0), norm="batchnorm")
+    params, stats = _leaf_names(m, nnx.Param), _leaf_names(m, nnx.BatchStat)
+    assert stats and {p.rsplit("/", 1)[-1] for p in stats} == {"mean", "var"}
+    assert not any("gain" in p for p in params)  # no WS gains, no SkipInit scalars
+    # Every conv is bias-free and followed by a BatchNorm; BN leaves are no-decay names.
+    convs = [p.rsplit("/", 1)[0] for p in params if p.endswith("/kernel") and "se/" not in p
+             and p != "head/kernel"]
+    assert convs and not any(f"{c}/bias" in params for c in convs)
+    assert {p.rsplit("/", 1)[-1] for p in params} == {"kernel", "bias", "scale"}
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    m.train()
+    before = nnx.state(m, nnx.BatchStat)["stem"]["bn"]["mean"][...].copy()
+    assert m(x).shape == (4, 10)
+    after = nnx.state(m, nnx.BatchStat)["stem"]["bn"]["mean"][...]
+    assert not np.allclose(before, after)  # running statistics updated in train mode
+    m.eval()
+    y = m(x)
+    assert y.shape == (4, 10) and np.all(np.isfinite(y))
+    np.testing.assert_allclose(m(x[:1]), y[:1], atol=1e-5)  # eval: per-example
+    # Same network otherwise: same MACs, and only the SkipInit scalars (one per block) differ.
+    assert models.flops("nfnet-nano", 28, norm="batchnorm") == models.flops("nfnet-nano", 28)
+    assert models.count_params(m) == models.count_params(abstract("nfnet-nano")) - 4
+    assert all(b.beta == 1.0 and b.alpha == 1.0 for b in m.blocks())
+
+
+def test_batchnorm_nfnet_blocks_start_as_identity():
+    # depths (1, 2, 1, 1): stages/1/1 keeps its shape, so its shortcut is the identity.
+    m = models.create("nfnet-nano", rngs=nnx.Rngs(0), norm="batchnorm", depths=(1, 2, 1, 1))
+    m.train()
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    h = x
+    h = m.stem_forward(h)
+    for block in m.blocks()[:2]:
+        h = block(h)
+    block = m.stages[1][1]
+    assert block.downsample is None and block.skip_gain is None
+    np.testing.assert_array_equal(block(h), h)  # zero-init last BN scale: branch is exactly 0
+    assert float(jnp.std(h)) > 0.1
+
+
+def test_norm_knob_is_validated():
+    with pytest.raises(ValueError, match="^norm: unknown 'bogus'; valid: nf, batchnorm"):
+        models.resolve("nfnet-f0", norm="bogus")
+    with pytest.raises(ValueError, match="norm"):
+        models.create("nfnet-nano", rngs=nnx.Rngs(0), norm="bogus")
+    assert "norm" in models.valid_overrides("nfnet-f0")
+    assert "norm" not in models.valid_overrides("resnet-50")
+
+
+def test_default_norm_leaves_parameter_counts_unchanged():
+    # Counted before the norm knob existed.
+    assert models.count_params(abstract("nfnet-nano")) == 347_566
+    assert models.count_params(abstract("nfnet-f0")) == 71_489_284
+    assert models.count_params(abstract("nfnet-f0", norm="nf")) == 71_489_284
+    # BatchNorm: per-channel scale/bias replace WS gain/bias; the 12 SkipInit scalars go.
+    assert models.count_params(abstract("nfnet-f0", norm="batchnorm")) == 71_489_284 - 12

@@ -15,6 +15,16 @@ deepmind-research/nfnets `nfnet.py`, `nf_resnet.py`; timm `NormFreeNet`). Every 
 1 after each stage's first (transition) block, which still gets one α² of growth
 (`NFNet.__init__`, paper-recipe §5). Parameter names follow timm's state_dict keys, so the
 converters in :mod:`study.convert` are tables, not code.
+
+``norm="batchnorm"`` is the paper's "−NF, +BN" row (Table 6, §6.1): the same network with
+BatchNorm instead of the NF strategy. Every conv is a plain conv (no WS, gain or bias) followed
+by BatchNorm (the BN-ResNet's momentum and epsilon; batch statistics in ``train()``, running
+averages in ``eval()``; no cross-replica sync); β = α = 1, no SkipInit scalar (the last BN of
+each residual branch starts with scale 0, so every block starts as its shortcut), activations
+without γ. Stem, widths, depths, groups, SE, stochastic depth, dropout and the final conv are
+the NF model's. BN layers are ``bn1``, ``bn2``, ``bn2b``, ``bn3``, ``downsample_bn`` in a block,
+``bn``/``bn1``…``bn4`` in the stem and ``final_bn``; their leaves are ``scale`` and ``bias``
+(no weight decay, :data:`study.engine.optim.NO_DECAY`) and the ``mean``/``var`` batch stats.
 """
 
 from __future__ import annotations
@@ -30,8 +40,11 @@ from study.models.activations import GAMMA
 from study.models.backbone import Backbone
 from study.models.activations import activation as make_activation
 from study.models.layers import Linear, normal_init, StochasticDepth, avg_pool_2x2, max_pool_3x3
+from study.models.resnet import ResNetConfig
 from study.models.squeeze_excite import SqueezeExcite
-from study.models.ws_conv import WSConv2d
+from study.models.ws_conv import Conv2d, WSConv2d
+
+NORMS = ("nf", "batchnorm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +75,7 @@ class NFConfig:
     gelu_approximate: bool = True  # jax.nn.gelu default (DeepMind); timm uses exact erf
     padding: str = "same"  # same (TF/Haiku) | symmetric (PyTorch)
     gamma_in: str = "act"  # act: γ·act(x) | conv: γ folded into every conv (timm non-dm models)
+    norm: str = "nf"  # nf | batchnorm: the paper's "−NF, +BN" NFNet (Table 6)
     fc_init_std: float = 0.01
     in_channels: int = 3
     num_classes: int = 1000
@@ -91,6 +105,46 @@ def expected_variances(depths: tuple[int, ...], alpha: float) -> list[float]:
     return out
 
 
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` with the BN-ResNet's momentum and epsilon, returning the input's dtype.
+
+    ``nnx.BatchNorm`` promotes a bfloat16 input to its float32 parameters' dtype, which would
+    run the rest of a bfloat16 network in float32; statistics are still reduced in float32.
+    """
+
+    def __init__(self, ch: int, *, zero: bool = False, rngs: nnx.Rngs):
+        super().__init__(
+            ch, momentum=ResNetConfig.bn_momentum, epsilon=ResNetConfig.bn_epsilon,
+            scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones, rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, **kw) -> jax.Array:
+        return super().__call__(x, use_running_average, **kw).astype(x.dtype)
+
+
+def _check_norm(cfg: NFConfig) -> bool:
+    """True for the BatchNorm variant; raises on an unknown ``norm``."""
+    if cfg.norm not in NORMS:
+        raise ValueError(f"norm: unknown {cfg.norm!r}; valid: {', '.join(NORMS)}")
+    return cfg.norm == "batchnorm"
+
+
+def _conv_factory(cfg: NFConfig, rngs: nnx.Rngs):
+    """``conv(i, o, k, **kw)``: a WS conv (NF) or a plain bias-free conv (BatchNorm)."""
+    if _check_norm(cfg):
+        return lambda i, o, k, gain_init=1.0, **kw: Conv2d(  # noqa: E731
+            i, o, k, padding=cfg.padding, rngs=rngs, **kw
+        )
+    gamma_conv = GAMMA[cfg.activation] if cfg.gamma_in == "conv" else 1.0
+    return lambda i, o, k, **kw: WSConv2d(  # noqa: E731
+        i, o, k, padding=cfg.padding, eps_style=cfg.ws_eps, gamma=gamma_conv, rngs=rngs, **kw
+    )
+
+
+def _bn(bn: BatchNorm | None, x: jax.Array) -> jax.Array:
+    return x if bn is None else bn(x)
+
+
 def _mid_width(out_ch: int, cfg: NFConfig) -> tuple[int, int]:
     width = int(out_ch * cfg.bottleneck_ratio)
     if cfg.group_width is None:
@@ -109,23 +163,28 @@ class NFBlock(nnx.Module):
         self, in_ch: int, out_ch: int, stride: int, beta: float, drop_rate: float,
         cfg: NFConfig, *, rngs: nnx.Rngs,
     ):
-        gamma_conv = GAMMA[cfg.activation] if cfg.gamma_in == "conv" else 1.0
-        conv = lambda i, o, k, **kw: WSConv2d(  # noqa: E731
-            i, o, k, padding=cfg.padding, eps_style=cfg.ws_eps, gamma=gamma_conv, rngs=rngs, **kw
-        )
+        batchnorm = _check_norm(cfg)
+        conv = _conv_factory(cfg, rngs)
+        bn = lambda ch, zero=False: BatchNorm(ch, zero=zero, rngs=rngs) if batchnorm else None  # noqa: E731
         mid, groups = _mid_width(out_ch, cfg)
         self.act = make_activation(
-            cfg.activation, gelu_approximate=cfg.gelu_approximate, gamma=cfg.gamma_in == "act"
+            cfg.activation, gelu_approximate=cfg.gelu_approximate,
+            gamma=cfg.gamma_in == "act" and not batchnorm,
         )
-        self.beta, self.alpha, self.stride = beta, cfg.alpha, stride
+        # BatchNorm: plain residual sum, no variance bookkeeping.
+        self.beta, self.alpha = (1.0, 1.0) if batchnorm else (beta, cfg.alpha)
+        self.stride = stride
         self.shortcut_kind = cfg.shortcut
         sc_stride = stride if cfg.shortcut == "conv" else 1
         project = stride > 1 or in_ch != out_ch
         self.downsample = conv(in_ch, out_ch, 1, stride=sc_stride) if project else None
-        self.conv1 = conv(in_ch, mid, 1)
-        self.conv2 = conv(mid, mid, 3, stride=stride, groups=groups)
+        self.downsample_bn = bn(out_ch) if project else None
+        self.conv1, self.bn1 = conv(in_ch, mid, 1), bn(mid)
+        self.conv2, self.bn2 = conv(mid, mid, 3, stride=stride, groups=groups), bn(mid)
         self.conv2b = conv(mid, mid, 3, groups=groups) if cfg.extra_conv else None
+        self.bn2b = bn(mid) if cfg.extra_conv else None
         self.conv3 = conv(mid, out_ch, 1, gain_init=1.0 if cfg.skipinit else 0.0)
+        self.bn3 = bn(out_ch, zero=True)  # BatchNorm's SkipInit: the branch starts at 0
         self.attn_gain = cfg.attn_gain
         self.se = SqueezeExcite(
             out_ch, cfg.se_ratio, activation=cfg.se_activation,
@@ -134,7 +193,9 @@ class NFBlock(nnx.Module):
         self.drop_path = StochasticDepth(
             drop_rate, scale_by_keep=cfg.stochdepth_scale_by_keep, rngs=rngs
         )
-        self.skip_gain = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.skipinit else None
+        self.skip_gain = (
+            nnx.Param(jnp.zeros((), jnp.float32)) if cfg.skipinit and not batchnorm else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.act(x) * self.beta
@@ -143,12 +204,12 @@ class NFBlock(nnx.Module):
             pooled = out
             if self.stride > 1 and self.shortcut_kind == "avgpool":
                 pooled = avg_pool_2x2(out)
-            shortcut = self.downsample(pooled)
-        out = self.conv1(out)
-        out = self.conv2(self.act(out))
+            shortcut = _bn(self.downsample_bn, self.downsample(pooled))
+        out = _bn(self.bn1, self.conv1(out))
+        out = _bn(self.bn2, self.conv2(self.act(out)))
         if self.conv2b is not None:
-            out = self.conv2b(self.act(out))
-        out = self.conv3(self.act(out))
+            out = _bn(self.bn2b, self.conv2b(self.act(out)))
+        out = _bn(self.bn3, self.conv3(self.act(out)))
         if self.se is not None:
             out = self.attn_gain * self.se(out) * out
         out = self.drop_path(out)
@@ -159,34 +220,36 @@ class NFBlock(nnx.Module):
 
 class Stem(nnx.Module):
     def __init__(self, cfg: NFConfig, *, rngs: nnx.Rngs):
-        gamma_conv = GAMMA[cfg.activation] if cfg.gamma_in == "conv" else 1.0
-        kw = dict(padding=cfg.padding, eps_style=cfg.ws_eps, gamma=gamma_conv, rngs=rngs)
+        batchnorm = _check_norm(cfg)
+        conv = _conv_factory(cfg, rngs)
+        bn = lambda ch: BatchNorm(ch, rngs=rngs) if batchnorm else None  # noqa: E731
         self.kind, self.padding = cfg.stem, cfg.padding
         self.act = make_activation(
-            cfg.activation, gelu_approximate=cfg.gelu_approximate, gamma=cfg.gamma_in == "act"
+            cfg.activation, gelu_approximate=cfg.gelu_approximate,
+            gamma=cfg.gamma_in == "act" and not batchnorm,
         )
         c, w = cfg.in_channels, cfg.stem_width
         if cfg.stem == "deep_quad":
             # 16 (s2) → 32 → 64 → width (s2), activation between convs, none after the last.
             chs = (w // 8, w // 4, w // 2, w)
-            self.conv1 = WSConv2d(c, chs[0], 3, stride=2, **kw)
-            self.conv2 = WSConv2d(chs[0], chs[1], 3, **kw)
-            self.conv3 = WSConv2d(chs[1], chs[2], 3, **kw)
-            self.conv4 = WSConv2d(chs[2], chs[3], 3, stride=2, **kw)
+            self.conv1, self.bn1 = conv(c, chs[0], 3, stride=2), bn(chs[0])
+            self.conv2, self.bn2 = conv(chs[0], chs[1], 3), bn(chs[1])
+            self.conv3, self.bn3 = conv(chs[1], chs[2], 3), bn(chs[2])
+            self.conv4, self.bn4 = conv(chs[2], chs[3], 3, stride=2), bn(chs[3])
         elif cfg.stem == "resnet":
-            self.conv = WSConv2d(c, w, 7, stride=2, **kw)
+            self.conv, self.bn = conv(c, w, 7, stride=2), bn(w)
         elif cfg.stem == "conv3":
-            self.conv = WSConv2d(c, w, 3, stride=cfg.stem_stride, **kw)
+            self.conv, self.bn = conv(c, w, 3, stride=cfg.stem_stride), bn(w)
         else:
             raise ValueError(f"stem: unknown {cfg.stem!r}; valid: deep_quad, resnet, conv3")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kind == "deep_quad":
-            x = self.act(self.conv1(x))
-            x = self.act(self.conv2(x))
-            x = self.act(self.conv3(x))
-            return self.conv4(x)
-        x = self.conv(x)
+            x = self.act(_bn(self.bn1, self.conv1(x)))
+            x = self.act(_bn(self.bn2, self.conv2(x)))
+            x = self.act(_bn(self.bn3, self.conv3(x)))
+            return _bn(self.bn4, self.conv4(x))
+        x = _bn(self.bn, self.conv(x))
         return max_pool_3x3(x, self.padding) if self.kind == "resnet" else x
 
 
@@ -197,6 +260,7 @@ class NormFreeNet(Backbone):
         if not (len(cfg.depths) == len(cfg.widths) == len(cfg.strides)):
             raise ValueError("depths, widths and strides must have the same length")
         self.cfg = cfg
+        batchnorm = _check_norm(cfg)
         self.stem = Stem(cfg, rngs=rngs)
         num_blocks = sum(cfg.depths)
         betas = block_betas(cfg.depths, cfg.alpha)
@@ -212,16 +276,17 @@ class NormFreeNet(Backbone):
                 ch, index = width, index + 1
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
-        gamma_conv = GAMMA[cfg.activation] if cfg.gamma_in == "conv" else 1.0
         out = int(cfg.final_conv_mult * ch) if cfg.final_conv_mult else ch
-        self.final_conv = WSConv2d(
-            ch, out, 1, padding=cfg.padding, eps_style=cfg.ws_eps, gamma=gamma_conv, rngs=rngs
-        ) if cfg.final_conv_mult else None
+        self.final_conv = _conv_factory(cfg, rngs)(ch, out, 1) if cfg.final_conv_mult else None
+        self.final_bn = (
+            BatchNorm(out, rngs=rngs) if batchnorm and cfg.final_conv_mult else None
+        )
         ch = out
         # The final activation carries γ only when γ lives in the activations: with
-        # gamma_in="conv" timm applies the bare activation before pooling.
+        # gamma_in="conv" timm applies the bare activation before pooling (BatchNorm: never).
         self.final_act = make_activation(
-            cfg.activation, gelu_approximate=cfg.gelu_approximate, gamma=cfg.gamma_in == "act"
+            cfg.activation, gelu_approximate=cfg.gelu_approximate,
+            gamma=cfg.gamma_in == "act" and not batchnorm,
         )
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.head = Linear(
@@ -236,7 +301,7 @@ class NormFreeNet(Backbone):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)
         if self.final_conv is not None:
-            x = self.final_conv(x)
+            x = _bn(self.final_bn, self.final_conv(x))
         x = jnp.mean(self.final_act(x), axis=(1, 2))
         x = self.dropout(x)
         return self.head(x.astype(jnp.float32))

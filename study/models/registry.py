@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from study.models.nfnet import NFConfig
+from study.models.nfnet import NORMS, NFConfig
 from study.models.resnet import ResNetConfig
 
 NFNET_DEPTHS = (1, 2, 6, 3)
@@ -192,6 +192,7 @@ def resolve(name: str, **overrides: Any) -> NFConfig | ResNetConfig:
 _CHOICES = {
     "stem": ("deep_quad", "resnet", "conv3"), "shortcut": ("avgpool", "conv"),
     "ws_eps": ("deepmind", "timm"), "padding": ("same", "symmetric"), "gamma_in": ("act", "conv"),
+    "norm": NORMS,
 }
 
 

@@ -125,16 +125,22 @@ class WSConv2d(nnx.Module):
 
 
 class Conv2d(nnx.Module):
-    """Plain conv without bias (the BatchNorm ResNet's), He-normal init."""
+    """Plain conv without bias (the BatchNorm networks'), He-normal init.
+
+    ``groups`` as :class:`WSConv2d` (the BatchNorm NFNet's grouped 3×3s); the fan-out init is
+    torchvision's, ``out_ch·k²`` whatever the grouping (PyTorch's ``kaiming_normal_``).
+    """
 
     def __init__(
-        self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding: str = "same",
-        rngs: nnx.Rngs,
+        self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, groups: int = 1,
+        padding: str = "same", rngs: nnx.Rngs,
     ):
-        shape = (kernel, kernel, in_ch, out_ch)
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"groups: {groups} does not divide channels {in_ch}->{out_ch}")
+        shape = (kernel, kernel, in_ch // groups, out_ch)
         std = math.sqrt(2.0 / (kernel * kernel * out_ch))  # He normal, fan-out (torchvision)
         self.kernel = nnx.Param(normal_init(std)(rngs.params(), shape))
-        self.stride, self.padding = stride, padding
+        self.stride, self.groups, self.padding = stride, groups, padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv2d(x, self.kernel[...], self.stride, self.padding)
+        return conv2d(x, self.kernel[...], self.stride, self.padding, self.groups)
