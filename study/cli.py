@@ -187,9 +187,37 @@ def _report(args: argparse.Namespace) -> int:
     if args.scale not in grid_lib.SCALES:
         print(f"error: scale: unknown {args.scale!r}; valid: {', '.join(grid_lib.SCALES)}", file=sys.stderr)
         return 2
+    from pathlib import Path
+
+    from study.analysis import reference
+
     signal = None if args.no_signal else ("nf-resnet-50", "resnet-50")
-    index = report.build(args.scale, args.runs_dir, args.out, args.grids, signal_models=signal)
+    # --ship writes the reference itself (reports/<scale>), so it is compared with nothing.
+    out = args.out or (str(Path("reports") / args.scale) if args.ship else "reports")
+    ref = None if args.ship or args.no_reference else (args.reference or reference.default_dir(args.scale, out))
+    if ref is not None and not (Path(ref) / reference.MANIFEST).exists():
+        print(f"error: --reference {ref}: no shipped reference there ({reference.MANIFEST} missing; "
+              "make reference writes one)", file=sys.stderr)
+        return 2
+    index = report.build(args.scale, args.runs_dir, out, args.grids, signal_models=signal,
+                         reference=ref, ship=args.ship)
     print(f"{index} (figures, comparison.csv, claims.csv beside it)")
+    if ref is not None:
+        import pandas as pd
+
+        print(reference.summary(pd.read_csv(Path(out) / "reference.csv"), ref, args.scale))
+    return 0
+
+
+def _readme(args: argparse.Namespace) -> int:
+    from study.analysis import readme
+
+    try:
+        changed = readme.rewrite(args.readme, args.reference)
+    except (readme.MarkersMissing, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: local results from {args.reference} {'rewritten' if changed else 'unchanged'}")
     return 0
 
 
@@ -240,10 +268,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="figures, comparison with the paper and claim checks -> OUT/index.html")
     p.add_argument("--scale", default="local", help="smoke | local | paper")
     p.add_argument("--runs-dir", default="runs", help="root of the run directories")
-    p.add_argument("--out", default="reports", help="output directory")
+    p.add_argument("--out", default=None, help="output directory (default: reports; with --ship reports/<scale>)")
     p.add_argument("--grids", default="ablations", help="directory of grid files")
     p.add_argument("--no-signal", action="store_true", help="skip the signal-propagation plot (its forward passes)")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="shipped reference to compare each cell with -> OUT/reference.csv "
+                        "(default: reports/<scale> when it exists and is not OUT)")
+    p.add_argument("--no-reference", action="store_true", help="compare with no shipped reference")
+    p.add_argument("--ship", action="store_true",
+                   help="write the report as the shipped reference (default OUT reports/<scale>): "
+                        "per-grid results.csv without machine paths, grids.json; never checkpoints")
     p.set_defaults(func=_report)
+    p = sub.add_parser("readme", help="rewrite README's local-results block from a shipped reference")
+    p.add_argument("--reference", default="reports/local", help="shipped reference directory")
+    p.add_argument("--readme", default="README.md", help="the file with the local-results markers")
+    p.set_defaults(func=_readme)
     p = sub.add_parser("latency", help="training-step latency by the paper's protocol (App. A.2)")
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=32)

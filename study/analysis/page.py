@@ -54,9 +54,24 @@ def _claims(verdicts: pd.DataFrame) -> str:
             f"{body}</table>")
 
 
+def _reference(diff: pd.DataFrame, line: str) -> list[str]:
+    """The rerun against the shipped reference: one line, then the cells that are not the same."""
+    from study.analysis.reference import SAME
+
+    off = diff[diff["status"] != SAME]
+    parts = ["<h2>Rerun vs the shipped reference</h2>", f"<p>{html.escape(line)} Every cell in "
+             '<a href="reference.csv">reference.csv</a>.</p>']
+    if len(off):
+        cols = ["grid", "cell", "ref_mean", "ref_lo", "ref_hi", "ref_n", "rerun_mean", "rerun_n", "delta", "status"]
+        parts.append(off[cols].to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4f}"))
+    return parts
+
+
 def render(scale: str, runs_dir: Path, grids: dict, verdicts: pd.DataFrame, comp: pd.DataFrame,
-           sections: dict[str, list[tuple[str, str]]]) -> str:
-    """index.html: runs, claim checks, each section's figures, the comparison, curves, signal."""
+           sections: dict[str, list[tuple[str, str]]],
+           reference: tuple[pd.DataFrame, str] | None = None) -> str:
+    """index.html: runs, the shipped reference's comparison (when given: its cells and the
+    one-line summary), claim checks, each section's figures, the comparison, curves, signal."""
     from study import __version__
 
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -74,6 +89,7 @@ def render(scale: str, runs_dir: Path, grids: dict, verdicts: pd.DataFrame, comp
         + ("Accuracy at this scale is <b>not comparable</b> with the paper's ImageNet numbers; the claims are "
            "checked on the grids' own reruns." if scale != "paper" else "") + "</p>",
         "<h2>Runs</h2>", status(grids).to_html(index=False, border=0),
+        *(_reference(*reference) if reference is not None else []),
         "<h2>Claim checks</h2>", _claims(verdicts),
     ]
     tail = {k: sections.pop(k) for k in ("Training curves", "Signal propagation") if k in sections}

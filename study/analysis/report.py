@@ -7,7 +7,9 @@ declared in its own file (``report:``: a section, a figure drawn by a named draw
 :mod:`study.analysis.figures`, its caption, and the ids of the claims in
 :mod:`study.analysis.claims`); this module loops over the grids and knows none of them by name.
 Writes into ``out``: ``index.html`` (self-contained apart from the figures beside it; opens
-offline), ``figures/*.png`` and ``*.svg``, ``comparison.csv``, ``claims.csv`` and ``status.csv``.
+offline), ``figures/*.png`` and ``*.svg``, ``comparison.csv``, ``claims.csv`` and ``status.csv``;
+with a shipped reference (:mod:`study.analysis.reference`) also ``reference.csv``, the rerun's
+cells against it, and with ``ship`` the reference itself (per-grid ``results.csv``, ``grids.json``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pandas as pd
 
 from study.analysis import claims as claims_lib
 from study.analysis import comparison, curves, figures, page
+from study.analysis import reference as reference_lib
 from study.analysis.aggregate import column
 from study.analysis.columns import cfg
 from study.status import FINISHED
@@ -169,8 +172,11 @@ def _grid_figure(g: GridResults, scale: str, tables: dict[str, pd.DataFrame], ou
 
 def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path = "reports",
           grids_dir: str | Path = "ablations", signal_models: tuple[str, ...] | None = ("nf-resnet-50", "resnet-50"),
-          signal_resolution: int = 64, structure: pd.DataFrame | None = None) -> Path:
-    """Writes the report for ``scale`` into ``out``; returns the path of index.html."""
+          signal_resolution: int = 64, structure: pd.DataFrame | None = None,
+          reference: str | Path | None = None, ship: bool = False) -> Path:
+    """Writes the report for ``scale`` into ``out``; returns the path of index.html. ``reference``:
+    a shipped reference directory to compare the cells with (``reference.csv``); ``ship``: write
+    ``out`` as a reference (its per-grid results, no machine paths)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "figures").glob("*.[ps][nv]g"):  # a grid with no curves now leaves none behind
@@ -184,6 +190,12 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
     comp = comparison.build(tables, best, {k: g.axes for k, g in grids.items()}, structure)
     comp.to_csv(out / "comparison.csv", index=False)
     page.status(grids).to_csv(out / "status.csv", index=False)
+    ref = None
+    (out / "reference.csv").unlink(missing_ok=True)  # a stale comparison must not outlive its reference
+    if reference is not None:
+        diff = reference_lib.compare(grids, reference)
+        diff.to_csv(out / "reference.csv", index=False)
+        ref = (diff, reference_lib.summary(diff, reference, scale))
 
     sections: dict[str, list[tuple[str, str]]] = {}  # section -> [(png, caption)]
     for g in grids.values():
@@ -211,5 +223,16 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
     sections["Training curves"] = curve_figs
     sections["Signal propagation"] = [signal]
     index = out / "index.html"
-    index.write_text(page.render(scale, Path(runs_dir), grids, verdicts, comp, sections))
+    shown = _shown(runs_dir) if ship else Path(runs_dir)
+    index.write_text(page.render(scale, shown, grids, verdicts, comp, sections, ref))
+    if ship:
+        reference_lib.ship(out, grids, scale)
+        reference_lib.scrub(out, {str(Path(p).resolve()): str(_shown(p)) for p in (runs_dir, grids_dir)}
+                            | {str(Path.cwd()) + "/": "", str(Path.home()): "~"})
     return index
+
+
+def _shown(path: str | Path) -> Path:
+    """``path`` as a shipped file names it: relative to the working directory, else its name."""
+    p = Path(path).resolve()
+    return p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else Path(p.name)
