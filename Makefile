@@ -12,16 +12,18 @@ PROFILE ?= slurm/local.yaml
 
 
 .PHONY: setup data test test-slow clean help ablations ablation-agc ablation-lambda \
-	ablation-layers ablation-depth ablation-width ablation-variants report bench bench-quick
+	ablation-layers ablation-depth ablation-width ablation-variants ablation-signal report reference bench bench-quick bench-gpu
 
 help:
 	@echo "make setup     virtual env with the locked dependencies (+ Fashion-MNIST via apt)"
 	@echo "make test      the test suite (minutes)"
 	@echo "make test-slow the long checks marked slow"
-	@echo "make ablation-agc|lambda|layers|depth|width|variants|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
-	@echo "make report   reports/index.html: figures, comparison with the paper, claim checks [SCALE=...] [RUNS_DIR=runs]"
+	@echo "make ablation-agc|lambda|layers|depth|width|variants|signal|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
+	@echo "make report   reports/index.html: figures, comparison with the paper and the shipped reports/<SCALE>, claim checks [SCALE=...] [RUNS_DIR=runs]"
+	@echo "make reference  the runs' report shipped as reports/<SCALE> (then: study readme) [SCALE=local]"
 	@echo "make bench     BENCHMARKS.md + bench/results.json: speed vs PyTorch/timm, MFU, AGC, data (<= 15 min)"
 	@echo "make bench-quick  the same, a subset (<= 2 min)"
+	@echo "make bench-gpu    on one GPU: NFNet-F0 step + NF-ResNet-50 img/s vs timm + torch.compile (<= 8 min) [GPU_PY=python3]"
 
 setup: $(STAMP) data
 
@@ -65,11 +67,18 @@ ablation-width: setup
 	$(call grid,width)
 ablation-variants: setup
 	$(call grid,variants)
-ablations: ablation-agc ablation-lambda ablation-layers ablation-depth ablation-width ablation-variants
+ablation-signal: setup
+	$(call grid,signal)
+ablations: ablation-agc ablation-lambda ablation-layers ablation-depth ablation-width ablation-variants ablation-signal
 
-# Whatever results exist (a missing or half-finished grid is shown as such); reports/ by default.
+# Whatever results exist (a missing or half-finished grid is shown as such); reports/ by default,
+# each cell compared with the shipped reference reports/$(SCALE) where there is one (reference.csv).
 report: setup
 	$(BIN)/study report --scale $(SCALE) --runs-dir $(RUNS_DIR) --out reports
+
+# The shipped reference: the report, per-grid results.csv without machine paths, no checkpoints.
+reference: setup
+	$(BIN)/study report --ship --scale $(SCALE) --runs-dir $(RUNS_DIR) --out reports/$(SCALE)
 
 # The benchmark's PyTorch side: its own venv, used by nothing else (bench/requirements-torch.lock).
 TORCH_VENV := .venv-torch
@@ -82,6 +91,10 @@ bench: setup $(TORCH_VENV)/.installed
 	$(BIN)/python -m bench.run --runs-dir $(RUNS_DIR)
 bench-quick: setup $(TORCH_VENV)/.installed
 	$(BIN)/python -m bench.run --quick --runs-dir $(RUNS_DIR)
+# On one GPU, by that machine's own Python (jax[cuda], torch, timm): no venv, so no network needed.
+GPU_PY ?= python3
+bench-gpu:
+	$(GPU_PY) -m bench.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -74,7 +74,11 @@ def latency_grid() -> report.GridResults:
     rows = [{"grid": "variants", "scale": "smoke", "run_id": f"lat{i}", "label": "nfnet", "status": "done",
              "cfg.task": "latency", "cfg.model": f"nfnet-f{i}", "latency_ms": 500.0 * 1.6**i,
              "images_per_s": 2.0, "batch": 1, "resolution": PRESETS[f"nfnet-f{i}"].train_resolution, "dtype": "float32",
-             "device_kind": "cpu"} for i in range(6)]  # F6, F7 not measured: shown as such
+             "device_kind": "cpu", "latency_min_ms": 480.0 * 1.6**i, "latency_max_ms": 520.0 * 1.6**i}
+            for i in range(6)]  # F6, F7 not measured: shown as such
+    # Table 6's BN version of F0, 1.3× slower: never drawn as an NFNet in Figure 1.
+    rows.append({**rows[0], "run_id": "latbn0", "label": "nfnet-bn", "cfg.model.norm": "batchnorm",
+                 "latency_ms": 650.0, "latency_min_ms": 630.0, "latency_max_ms": 670.0})
     g = grid.load(GRIDS / "variants.yaml", "smoke", check_paths=False)
     return report.GridResults("variants", g.path, pd.DataFrame(rows), axes=g.axes, report=g.report)
 
@@ -115,9 +119,14 @@ def test_report_files_comparison_and_claims(rendered):
     cl = pd.read_csv(out / "claims.csv")
     assert sorted(cl["id"]) == sorted(claims.CLAIMS)  # every claim, from the grid that declares it
     v = dict(zip(cl["id"], cl["evidence"]))
-    assert set(cl["verdict"]) == {"INCONCLUSIVE"}  # the smoke scale has one seed per cell
+    verdict = dict(zip(cl["id"], cl["verdict"]))
+    timed = {"variant_latency_grows_as_table3", "bn_nfnet_slower_per_step"}  # step times, not seeds
+    assert {verdict[c] for c in verdict if c not in timed} == {"INCONCLUSIVE"}  # one seed per cell
     assert "1 finished seed(s) of 1, a verdict needs 3" in v["agc_matches_bn_at_largest_batch"]
-    assert all("a verdict needs 3" in e for e in v.values()), v
+    assert all("a verdict needs 3" in e for c, e in v.items() if c not in timed), v
+    assert verdict["variant_latency_grows_as_table3"] == "PASS", v["variant_latency_grows_as_table3"]
+    assert "nfnet-f1 800 ms (1.60× F0; Table 3: TPUV3" in v["variant_latency_grows_as_table3"]
+    assert verdict["bn_nfnet_slower_per_step"] == "PASS" and "= 1.30×" in v["bn_nfnet_slower_per_step"]
     page = rendered.read_text()
     for text in ("Figure 1", "Figure 2a", "Figure 2b", '<td class="INCONCLUSIVE">', "not comparable: scale"):
         assert text in page, text
@@ -194,7 +203,7 @@ def test_a_new_grid_feeds_the_report_from_its_own_file(tmp_path, structure):
     page = index.read_text()
     assert "<h2>A new section</h2>" in page and 'src="figures/agc-again.png"' in page
     cl = pd.read_csv(tmp_path / "out" / "claims.csv")
-    assert set(cl["grid"]) == {"agc-again"} and len(cl) == 4
+    assert set(cl["grid"]) == {"agc-again"} and len(cl) == 5
 
 
 def test_a_report_block_naming_an_unknown_drawer_or_claim_is_reported_by_name(tmp_path, structure):

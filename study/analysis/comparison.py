@@ -20,7 +20,7 @@ import pandas as pd
 
 from study.analysis import published
 from study.analysis.aggregate import column, summarize
-from study.analysis.columns import axis, cfg
+from study.analysis.columns import axis, cfg, knob
 
 COLUMNS = ["section", "item", "metric", "ours", "published", "delta", "unit", "hardware_ours",
            "hardware_published", "source", "verdict", "runs"]
@@ -71,6 +71,7 @@ def measured_latency(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         if df.empty or "latency_ms" not in df.columns:
             continue
         ok = (column(df, "status", "") == "done") & pd.to_numeric(df["latency_ms"], errors="coerce").notna()
+        ok &= column(df, knob("norm"), "nf").fillna("nf") != "batchnorm"  # Table 6's BN versions: not an NFNet
         part = df[ok].assign(model=column(df, cfg("model"), ""))
         for k in keep:
             if k not in part.columns:
