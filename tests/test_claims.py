@@ -37,7 +37,8 @@ def declared(name: str) -> list[str]:
     return grid.load(GRIDS / f"{name}.yaml", "local", check_paths=False).report["claims"]
 
 
-CLAIMS_OF = {name: declared(name) for name in ("agc", "agc-lambda", "agc-layers", "depth", "width")}
+CLAIMS_OF = {name: declared(name) for name in ("agc", "agc-lambda", "agc-layers", "depth", "width",
+                                                "variants", "signal")}
 
 
 def verdicts(tables, best=None) -> dict[str, tuple[str, str]]:
@@ -186,3 +187,61 @@ def test_every_grid_declares_known_claims_and_every_claim_has_a_grid():
 def test_a_claim_of_a_grid_without_runs_is_inconclusive_and_names_the_grid():
     out = claims.check({}, {}, {"agc": ["agc_stable_at_largest_batch"]})
     assert list(out["verdict"]) == ["INCONCLUSIVE"] and "grid 'agc'" in out["evidence"][0]
+
+
+# --- AGC at small batch, latency and signal propagation ------------------------------------------
+
+
+def test_agc_little_benefit_at_small_batch_pass_and_fail():
+    v = verdicts({"agc": agc_table(STABLE)})  # 256: AGC 0.80 vs 0.81; 4096: no AGC diverged
+    assert v["agc_little_benefit_at_small_batch"][0] == "PASS", v["agc_little_benefit_at_small_batch"]
+    assert "AGC − no AGC at batch 256: -0.010" in v["agc_little_benefit_at_small_batch"][1]
+    # AGC 5 pp ahead at batch 256: a benefit at small batch too, so the claim fails.
+    v = verdicts({"agc": agc_table({**STABLE, ("nf-resnet", True, 256): 0.86})})
+    assert v["agc_little_benefit_at_small_batch"][0] == "FAIL"
+    # The benefit must grow with the batch: equal benefits at both ends are a FAIL.
+    even = {**STABLE, ("nf-resnet", False, 4096): 0.755, ("nf-resnet", True, 256): 0.815}
+    assert verdicts({"agc": agc_table(even)})["agc_little_benefit_at_small_batch"][0] == "FAIL"
+
+
+def latency_table(ms: dict) -> pd.DataFrame:
+    """Latency rows from {(label, model): (median, fastest, slowest)}."""
+    return pd.DataFrame([{"grid": "variants", "run_id": f"{label}-{model}", "label": label, "status": "done",
+                          "cfg.task": "latency", "cfg.model": model, "latency_ms": m, "latency_min_ms": lo,
+                          "latency_max_ms": hi} for (label, model), (m, lo, hi) in ms.items()])
+
+
+def test_latency_claims():
+    ms = {("nfnet", "nfnet-f0"): (100, 95, 105), ("nfnet", "nfnet-f1"): (230, 220, 240),
+          ("nfnet", "nfnet-f2"): (400, 390, 420), ("nfnet-bn", "nfnet-f0"): (130, 125, 135)}
+    v = verdicts({"variants": latency_table(ms)})
+    assert v["variant_latency_grows_as_table3"][0] == "PASS"
+    # Table 3's own ratios beside ours: F1/F0 = 133.9 / 56.7 on the V100.
+    assert "nfnet-f1 230 ms (2.30× F0; Table 3: TPUV3" in v["variant_latency_grows_as_table3"][1]
+    assert "V100 2.36×" in v["variant_latency_grows_as_table3"][1]
+    assert v["bn_nfnet_slower_per_step"][0] == "PASS" and "1.30×" in v["bn_nfnet_slower_per_step"][1]
+    # Overlapping timed steps decide nothing; a BN median not slower fails.
+    v = verdicts({"variants": latency_table({**ms, ("nfnet-bn", "nfnet-f0"): (110, 100, 120)})})
+    assert v["bn_nfnet_slower_per_step"][0] == "INCONCLUSIVE"
+    v = verdicts({"variants": latency_table({**ms, ("nfnet-bn", "nfnet-f0"): (90, 85, 95)})})
+    assert v["bn_nfnet_slower_per_step"][0] == "FAIL"
+    v = verdicts({"variants": latency_table({**ms, ("nfnet", "nfnet-f2"): (200, 190, 210)})})
+    assert v["variant_latency_grows_as_table3"][0] == "FAIL"
+
+
+def signal_table(profile: dict) -> pd.DataFrame:
+    """Signal rows from {label: [(resets, grows), ...] per seed}."""
+    return pd.DataFrame([{"grid": "signal", "run_id": f"{label}-s{i}", "label": label, "status": "done",
+                          "cfg.task": "signal", "cfg.model": label, "signal_var_last": 1.0 + 0.01 * i,
+                          "signal_mean_shift_max": 0.01, "resets_at_transitions": r, "grows_within_stages": g}
+                         for label, seeds in profile.items() for i, (r, g) in enumerate(seeds)])
+
+
+def test_signal_claim():
+    good = {"nf-resnet": [(True, True)] * 3, "bn-resnet": [(True, True)] * 3}
+    assert verdicts({"signal": signal_table(good)})["nf_signal_tracks_bn"][0] == "PASS"
+    bad = {**good, "nf-resnet": [(True, True), (False, True), (True, True)]}
+    v = verdicts({"signal": signal_table(bad)})["nf_signal_tracks_bn"]
+    assert v[0] == "FAIL" and "resets at transitions 2/3" in v[1]
+    short = {**good, "bn-resnet": [(True, True)] * 2}
+    assert verdicts({"signal": signal_table(short)})["nf_signal_tracks_bn"][0] == "INCONCLUSIVE"

@@ -63,3 +63,19 @@ def test_real_debian_files():
     x, y = fm.load("train")
     assert x.shape == (60_000, 28, 28, 1)
     assert abs(x.mean() / 255 - fm.MEAN) < 1e-3 and abs(x.std() / 255 - fm.STD) < 1e-3
+
+
+def test_lower_resolution_is_an_exact_area_average_and_a_bad_one_is_refused():
+    import pytest
+
+    from study import config
+    from study.engine.input_pipeline import downsample
+
+    x = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+    y = downsample(x, 14)
+    assert y.shape == (2, 14, 14, 1) and y.dtype == np.uint8
+    assert y[1, 3, 5, 0] == np.round(x[1, 6:8, 10:12, 0].astype(float).mean())
+    assert downsample(x, 0) is x and downsample(x, 28) is x
+    with pytest.raises(config.ConfigError, match="image_size: fashion_mnist is 28 px"):
+        config.resolve({"image_size": 9})
+    assert config.resolve({"image_size": 7})["image_size"] == 7

@@ -47,14 +47,55 @@ def test_expansion_identity_and_scales(tmp_path):
 
 def test_zip_product_seeds_and_paper_agc_grid():
     g = grid.load("ablations/agc.yaml", "local")
-    assert len(g.runs) == 15
+    assert len(g.runs) == 27  # 3 batch sizes × (AGC, no AGC, BN) × 3 seeds
     nf = [r for r in g.runs if r.label == "nf-resnet"]
-    assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {
-        (256, 1), (512, 1), (1024, 1), (2048, 2), (4096, 4)}
+    assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {(256, 1), (1024, 1), (4096, 4)}
     assert {r.config["agc"] for r in nf} == {True, False}
-    assert all(r.config["model"] == "resnet-nano" for r in g.runs if r.label == "bn-resnet")
+    assert {r.config["seed"] for r in g.runs} == {0, 1, 2}
+    assert all(r.config["image_size"] == 14 and r.config["epochs"] == 8 for r in g.runs)
+    assert all(r.config["model"] == "resnet-nano" and r.config["model_overrides"]["zero_init_residual"]
+               for r in g.runs if r.label == "bn-resnet")
     paper = grid.load("ablations/agc.yaml", "paper")  # expands without the cluster's data
     assert {r.config["model"] for r in paper.runs} == {"nf-resnet-50", "resnet-50"}
+
+
+def test_block_seeds_and_the_step_budget(tmp_path):
+    text = GOOD.replace("    set: {model: resnet-nano, agc: false}",
+                        "    set: {model: resnet-nano, agc: false}\n    seeds: [0, 1, 2]")
+    g = grid.load(write(tmp_path, text), "smoke")
+    assert [(r.label, r.config["seed"]) for r in g.runs] == [("nf", 0), ("nf", 0), ("bn", 0), ("bn", 1), ("bn", 2)]
+    # budget: steps gives every batch size the smallest batch's optimizer and warmup steps.
+    epochs = """name: b
+base: {dataset: fashion_mnist, epochs: 2, warmup_epochs: 0.5, image_size: 14}
+blocks:
+  - label: nf
+    zip: [{batch_size: [256, 1024], accum_steps: [1, 4]}]
+seeds: [0]
+scales: {local: {}}
+"""
+    by_epochs = grid.load(write(tmp_path, epochs), "local", check_paths=False)
+    assert [r.config["steps"] for r in by_epochs.runs] == [0, 0]  # 469 and 118 steps, from the epochs
+    by_steps = grid.load(write(tmp_path, epochs + "budget: steps\n"), "local", check_paths=False)
+    cfgs = [r.config for r in by_steps.runs]
+    assert [c["steps"] for c in cfgs] == [469, 469]  # ceil(2 · 60000 / 256)
+    from study.engine.optim import schedule
+
+    warm = [int(round(c["warmup_epochs"] * 60000 / c["batch_size"])) for c in cfgs]
+    assert warm == [117, 117]  # half an epoch at batch 256, for both
+    lr = schedule(cfgs[1], 60000 / 1024, 469)
+    assert float(lr(117)) == pytest.approx(0.4) and float(lr(50)) < 0.4  # peak 0.1 · 1024/256 after warmup
+    with pytest.raises(grid.GridError, match="budget: unknown 'images'"):
+        grid.load(write(tmp_path, epochs + "budget: images\n"), "local", check_paths=False)
+
+
+def test_the_launcher_starts_the_longest_runs_first(tmp_path):
+    from study.grids import launch
+
+    text = GOOD.replace("  - label: bn\n    set: {model: resnet-nano, agc: false}",
+                        "  - label: long\n    set: {agc: false, steps: 30}")
+    g = grid.load(write(tmp_path, text), "smoke")
+    todo, _ = launch._triage(g, tmp_path / "runs", print)
+    assert todo[0].label == "long" and [r.label for r in todo[1:]] == ["nf", "nf"]
 
 
 MALFORMED = [

@@ -335,3 +335,14 @@ def test_default_norm_leaves_parameter_counts_unchanged():
     assert models.count_params(abstract("nfnet-f0", norm="nf")) == 71_489_284
     # BatchNorm: per-channel scale/bias replace WS gain/bias; the 12 SkipInit scalars go.
     assert models.count_params(abstract("nfnet-f0", norm="batchnorm")) == 71_489_284 - 12
+
+
+@pytest.mark.parametrize("norm", ["nf", "batchnorm"])
+def test_bfloat16_stays_bfloat16_through_every_block(norm):
+    """The SE gate's float32 Linears once promoted every block after the first to float32, so a
+    "bf16" step (the paper's protocol, bench-gpu) ran mostly in float32."""
+    m = models.create("nfnet-nano", rngs=nnx.Rngs(0), norm=norm)
+    m.eval()
+    outs = []
+    m.features(jnp.zeros((2, 28, 28, 1), jnp.bfloat16), collect=outs)
+    assert [str(o.dtype) for o in outs] == ["bfloat16"] * 4

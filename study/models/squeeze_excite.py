@@ -28,7 +28,8 @@ class SqueezeExcite(nnx.Module):
         self.act = make_activation(activation, gelu_approximate=gelu_approximate, gamma=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Returns the sigmoid gate, shaped (N, 1, 1, C)."""
+        """Returns the sigmoid gate, shaped (N, 1, 1, C), in ``x``'s dtype: the float32 Linear
+        parameters would otherwise promote a bfloat16 block output (and every block after it)."""
         h = jnp.mean(x, axis=(1, 2))
         h = self.fc2(self.act(self.fc1(h)))
-        return jax.nn.sigmoid(h)[:, None, None, :]
+        return jax.nn.sigmoid(h)[:, None, None, :].astype(x.dtype)
