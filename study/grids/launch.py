@@ -105,11 +105,31 @@ def _triage(grid: Grid, root: str | Path, log) -> tuple[list[Run], int]:
     states = {r.run_id: r.record(root).status() for r in grid.runs}
     elsewhere = [r for r in grid.runs if states[r.run_id] == Status.RUNNING]
     todo = [r for r in grid.runs if states[r.run_id] not in FINISHED and r not in elsewhere]
-    todo.sort(key=cost, reverse=True)  # longest first (a stable sort: ties keep the file's order)
     if elsewhere:
         log(f"{grid.name}/{grid.scale}: {len(elsewhere)} run(s) are being trained by another "
             f"process: {', '.join(r.run_id for r in elsewhere)}")
-    return todo, len(grid.runs) - len(todo) - len(elsewhere)
+    return order(todo), len(grid.runs) - len(todo) - len(elsewhere)
+
+
+def _shape(run: Run) -> tuple:
+    """What the compiled training step depends on: runs that share it share the compile cache."""
+    c = run.config
+    return (c["task"], c["model"], json.dumps(c["model_overrides"], sort_keys=True, default=str),
+            c["batch_size"] // c["accum_steps"], c["image_size"], c["dataset"], c["dtype"])
+
+
+def order(todo: list[Run]) -> list[Run]:
+    """Longest first, but the first run of every compiled shape before any second one: two runs
+    that share a shape started together would both compile it cold (the cache is written when a
+    compile ends), while one after the other the second loads it in seconds."""
+    todo = sorted(todo, key=cost, reverse=True)  # a stable sort: ties keep the file's order
+    seen: dict[tuple, int] = {}
+    rank = []
+    for r in todo:
+        k = _shape(r)
+        rank.append(seen.get(k, 0))
+        seen[k] = rank[-1] + 1
+    return [r for _, r in sorted(zip(rank, todo), key=lambda p: p[0])]
 
 
 def _spawn(run: Run, root: str | Path, env: dict[str, str], cpus: set[int] | None):
