@@ -330,9 +330,11 @@ def nf_signal_tracks_bn(df: pd.DataFrame, best: int | None) -> tuple[str, str]:
         ok &= bool(resets.all() and grows.all())
         last = intervals.mean(num(rows, "signal_var_last"))
         text = (f"{label} ({rows[cfg('model')].iloc[0]}): resets at transitions {int(resets.sum())}/{len(rows)}, "
-                f"grows within stages {int(grows.sum())}/{len(rows)}, last-block variance {last}, "
+                f"grows within stages {int(grows.sum())}/{len(rows)}, last-block variance "
+                f"{last.estimate:.3f} [{last.lo:.3f}, {last.hi:.3f}], "
                 f"mean shift max {num(rows, 'signal_mean_shift_max').mean():.3f}")
-        if "signal_schedule_error_max" in rows:
-            text += f", off the α² schedule by ≤ {num(rows, 'signal_schedule_error_max').max():.1%}"
+        off = num(rows, "signal_schedule_error_max").dropna()
+        if len(off):  # NF models only: the deviation from the α² schedule they are designed for
+            text += f", off the α² schedule by ≤ {off.max():.1%}"
         parts.append(text + f" [{','.join(rows['run_id'])}]")
     return (PASS if ok else FAIL), "; ".join(parts)
