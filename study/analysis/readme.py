@@ -64,8 +64,9 @@ def _measured(df: pd.DataFrame, axes: list[str]) -> str:
     for _, r in df.iterrows():
         v = pd.to_numeric(pd.Series([r.get(metric)]), errors="coerce").iloc[0]
         rows.append([r["label"], *(reference.cell_text(r.get(axis(a))) for a in names),
-                     reference.cell_text(r.get(cfg("seed"))), f"{v:.4g}" if np.isfinite(v) else r["status"],
-                     r.get("device_kind", "")])
+                     reference.cell_text(r.get(cfg("seed"))),
+                     (f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}") if np.isfinite(v) else r["status"],
+                     reference.cell_text(r.get("device_kind"))])
     return _table(["block", *names, "seed", metric or "result", "device"], rows)
 
 
