@@ -90,3 +90,17 @@ def test_log_write_is_json_for_numpy_values(tmp_path):
     log.write({"step": 1, "kind": "train", "loss": np.float32(0.5)})
     log.close()
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 0.5
+
+
+def test_top1_tail_gain_is_the_rise_over_the_last_quarter(tmp_path):
+    rec = RunRecord(tmp_path / "r")
+    rec.dir.mkdir()
+    assert rec.top1_tail_gain() is None  # no evaluations
+    rows = [{"kind": "eval", "step": s, "top1": t} for s, t in
+            [(100, 0.50), (200, 0.70), (301, 0.80), (401, 0.83)]]
+    rows += [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 401, 10)]
+    (rec.dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # the evaluation nearest to 3/4 of the run is step 301's (epoch ends fall between steps)
+    assert rec.top1_tail_gain() == pytest.approx(0.03)
+    (rec.dir / "metrics.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    assert rec.top1_tail_gain() is None  # a single evaluation has nothing to compare with

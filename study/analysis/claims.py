@@ -17,7 +17,8 @@ from study.analysis import intervals
 from study.analysis.aggregate import column, fmt
 from study.analysis.columns import cfg, knob
 from study.analysis.verdicts import (CLAIMS, FAIL, INCONCLUSIVE, INVALID, PASS, VERDICTS, Short, below,
-                                     cell, check, claim, diff, flag, labelled, num, reference, stable)
+                                     cell, check, claim, diff, flag, labelled, near_best, num, reference,
+                                     stable)
 
 __all__ = ["CLAIMS", "FAIL", "INCONCLUSIVE", "INVALID", "PASS", "VERDICTS", "check"]
 
@@ -38,8 +39,9 @@ def _fig2a(df: pd.DataFrame, best: int | None) -> tuple[int, pd.Series, pd.Serie
     nf = labelled(df, "nf-resnet") & at
     on = cell(df, best, f"NF-ResNet + AGC at batch {big}", nf & flag(df, cfg("agc")))
     off = cell(df, best, f"NF-ResNet without AGC at batch {big}", nf & ~flag(df, cfg("agc")))
-    bn = reference(cell(df, best, f"BN-ResNet at batch {big}", labelled(df, "bn-resnet") & at), df,
-                    f"BN-ResNet at batch {big}")
+    what = f"BN-ResNet at batch {big}"
+    bn = reference(cell(df, best, what, labelled(df, "bn-resnet") & at), df, what)
+    near_best(bn, df, labelled(df, "bn-resnet"), cfg("batch_size"), what)
     return big, on, off, bn
 
 

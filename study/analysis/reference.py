@@ -36,7 +36,7 @@ MANIFEST = "grids.json"
 # never ``dir``, ``host``, an ``error`` text or a checkpoint path (they name this machine).
 KEEP = ["grid", "scale", "run_id", "label", "status", cfg("seed"), cfg("model"), cfg("dataset"),
         cfg("num_classes"), cfg("task"), cfg("batch_size"), "top1", "top5", "ema_top1", "final_loss",
-        "steps", "step_time_ms", "compile_s", "loss_tail_drop", "wall_s", "latency_ms", "images_per_s",
+        "steps", "step_time_ms", "compile_s", "top1_tail_gain", "wall_s", "latency_ms", "images_per_s",
         "batch", "resolution", "dtype", "params", "macs", "device_kind", "device_count", "jax", "commit",
         "dirty"]
 DROP = {"pid"}  # a number, but of a process on this machine

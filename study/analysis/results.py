@@ -41,7 +41,7 @@ class Row:
     environment: dict[str, Any]
     params: int | None = None
     macs: float | None = None
-    loss_tail_drop: float | None = None  # did the train loss stop falling (RunRecord.loss_tail_drop)
+    top1_tail_gain: float | None = None  # was it still learning at its end (RunRecord.top1_tail_gain)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"grid": self.grid, "scale": self.scale, "run_id": self.run_id,
@@ -61,8 +61,8 @@ class Row:
                         "commit": env.get("git", {}).get("commit"), "dirty": env.get("git", {}).get("dirty")})
         if self.params is not None:
             out.update(params=self.params, macs=self.macs)
-        if self.loss_tail_drop is not None:
-            out["loss_tail_drop"] = self.loss_tail_drop
+        if self.top1_tail_gain is not None:
+            out["top1_tail_gain"] = self.top1_tail_gain
         return out
 
 
@@ -79,7 +79,7 @@ def row(run: Run, root: str | Path, *, count: bool = True) -> Row:
     exists = rec.dir.exists()
     return Row(run.grid, run.scale, run.run_id, run.label, str(status), str(rec.dir), run.varied,
                run.config, result, rec.environment() if exists else {}, params, macs,
-               rec.loss_tail_drop() if exists else None)
+               rec.top1_tail_gain() if exists else None)
 
 
 def table(grid: Grid, root: str | Path, *, count: bool = True) -> pd.DataFrame:
