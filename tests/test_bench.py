@@ -59,6 +59,31 @@ def test_bench_writes_the_four_keys(tmp_path):
     row = res["throughput"][0]
     assert row["params"] > 0 and row["images_per_s"]["jax"] > 0
     assert res["grid"]["status"].startswith("not measured")  # no launches.jsonl in tmp runs
+    assert res["grid_cpu_utilisation"] is None and res["compile_s_cached"] is None
+    assert res["agc_overhead_by_model"] == {"nf-resnet-nano 28px batch 8": res["agc_overhead"]}
     assert {d["dataset"] for d in res["data"]} == {"fashion_mnist", "imagenet"}
     text = md.read_text()
     assert "## Targets" in text and res["machine"]["cpu"] in text
+
+
+def test_grid_compile_times_split_cold_from_cached_runs(tmp_path):
+    """A run is cached when it started after the first run of its compiled step had compiled."""
+    import os
+
+    from bench import grid_wall
+
+    def run(name: str, start: float, compile_s: float, lam: float, seed: int) -> None:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "result.json").write_text(json.dumps({"compile_s": compile_s, "step_time_ms": 500.0}))
+        (d / "config.json").write_text(json.dumps({"model": "m", "agc_clipping": lam, "seed": seed}))
+        os.utime(d / "config.json", (start, start))
+
+    run("a0", 1000.0, 40.5, 0.01, 0)  # cold: the first of λ 0.01
+    run("b0", 1001.0, 30.5, 0.16, 0)  # cold: another λ is another compiled step
+    run("a1", 1010.0, 35.5, 0.01, 1)  # cold: started while a0 was still compiling
+    run("a2", 1050.0, 2.5, 0.01, 2)   # cached
+    run("b1", 1040.0, 4.5, 0.16, 1)   # cached
+    t = grid_wall.compile_times(tmp_path)
+    assert (t["compile_runs_cold"], t["compile_runs_cached"]) == (3, 2)
+    assert t["compile_s_cold"] == 35.0 and t["compile_s_cached"] == 3.0 and t["compile_s_cached_max"] == 4.0

@@ -111,11 +111,11 @@ def _triage(grid: Grid, root: str | Path, log) -> tuple[list[Run], int]:
     return order(todo), len(grid.runs) - len(todo) - len(elsewhere)
 
 
-def _shape(run: Run) -> tuple:
-    """What the compiled training step depends on: runs that share it share the compile cache."""
-    c = run.config
-    return (c["task"], c["model"], json.dumps(c["model_overrides"], sort_keys=True, default=str),
-            c["batch_size"] // c["accum_steps"], c["image_size"], c["dataset"], c["dtype"])
+def compile_key(config: dict[str, Any]) -> str:
+    """What a run's compiled steps depend on: its whole resolved config but the seed. λ, the
+    learning rate (set by the batch size), AGC on or off and ``accum_steps`` are all constants
+    of the traced step, so runs differing in any of them compile separately; seeds share one."""
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def order(todo: list[Run]) -> list[Run]:
@@ -126,7 +126,7 @@ def order(todo: list[Run]) -> list[Run]:
     seen: dict[tuple, int] = {}
     rank = []
     for r in todo:
-        k = _shape(r)
+        k = compile_key(r.config)
         rank.append(seen.get(k, 0))
         seen[k] = rank[-1] + 1
     return [r for _, r in sorted(zip(rank, todo), key=lambda p: p[0])]
