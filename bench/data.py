@@ -72,8 +72,10 @@ def jpeg_folder(root: Path, classes: int = 4, per_class: int = 32) -> Path:
     return root
 
 
-def fashion_mnist_rate(batch: int, batches: int) -> dict:
-    return pipeline_rate(_cfg(dataset="fashion_mnist", batch_size=batch), 28, batches)
+def fashion_mnist_rate(batch: int, batches: int, resolution: int = 14) -> dict:
+    """At the local grids' resolution (14 px, a 2×2 area average of the 28 px images)."""
+    return pipeline_rate(_cfg(dataset="fashion_mnist", batch_size=batch, image_size=resolution),
+                         resolution, batches)
 
 
 def jpeg_rate(batch: int, resolution: int, batches: int, workers: int = 0) -> dict:
@@ -87,8 +89,8 @@ def data_wait(prepared: Any, steps: int, warmup: int = 3) -> dict:
     """The trainer's loop on Fashion-MNIST with ``prepared``'s step (same batch shape)."""
     from study.engine import input_pipeline
 
-    batch = prepared.info["batch"]
-    data = input_pipeline.build(_cfg(dataset="fashion_mnist", batch_size=batch), 28, 28)
+    batch, res = prepared.info["batch"], prepared.info["resolution"]
+    data = input_pipeline.build(_cfg(dataset="fashion_mnist", batch_size=batch, image_size=res), res, res)
     it = input_pipeline.iterator(data)
     # One device here: the step's own host-to-device put (the trainer's mesh sharding is the
     # same placement, but would recompile the step for a new input sharding).

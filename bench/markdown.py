@@ -179,7 +179,7 @@ def _consumption(res: dict[str, Any]) -> dict[tuple[str, int], tuple[str, float]
     for r in res["throughput"]:
         if "images_per_s" not in r:
             continue
-        key = ("fashion_mnist", 28) if r["model"].endswith("-nano") else ("imagenet", r["resolution"])
+        key = ("fashion_mnist" if r["model"].endswith("-nano") else "imagenet", r["resolution"])
         ips = r["images_per_s"]["jax"]
         if key not in out or ips > out[key][1]:
             out[key] = (f"{r['model']} b{r['batch']}", ips)
