@@ -247,3 +247,19 @@ def test_done_without_metrics_is_an_error_naming_the_run(tmp_path):
     p = launcher(path, runs)
     assert p.wait(timeout=300) == 0
     assert {k: result(d)[k] for k in FINAL_KEYS} == {k: good[k] for k in FINAL_KEYS}
+
+
+def test_a_death_between_checkpoint_and_result_write_records_the_checkpointed_step(tmp_path):
+    # The race CI hit: SIGKILL after orbax committed step 5 but before result.json said so.
+    from study.grids.launch import _settle
+
+    path = tmp_path / "g.yaml"
+    path.write_text(GRID)
+    run = grid.load(path, "smoke").runs[0]
+    d = run.directory(tmp_path / "runs")
+    (d / "checkpoints" / "5").mkdir(parents=True)
+    rec = RunRecord(d)
+    rec.write_result({"status": "running", "steps": 0, "total_steps": 400, "last_checkpoint": None})
+    assert _settle(run, tmp_path / "runs", -signal.SIGKILL) == Status.FAILED
+    res = result(d)
+    assert res["error"] == "SIGKILL" and res["steps"] == 5 and res["last_checkpoint"] == 5

@@ -269,9 +269,13 @@ def _settle(run: Run, root: str | Path, returncode: int) -> Status | str:
     if previous.get("status") in (Status.FAILED, Status.INTERRUPTED) and "error" in previous:
         return Status(previous["status"])  # the trainer wrote why (an exception, a stop signal)
     sig = signal_death(returncode)
+    ck = rec.last_checkpoint()
+    # The trainer rewrites result.json after each checkpoint; a death between the commit and that
+    # write leaves an older step there, while the committed checkpoint proves its step was reached.
+    done = [s for s in (previous.get("steps"), ck) if s is not None]
     rec.write_result({
         "status": Status.FAILED, "returncode": returncode,
         "error": sig or f"exit status {returncode} (see train.log)",
-        "steps": previous.get("steps"), "total_steps": previous.get("total_steps"),
-        "last_checkpoint": rec.last_checkpoint()})
+        "steps": max(done, default=None), "total_steps": previous.get("total_steps"),
+        "last_checkpoint": ck})
     return Status.FAILED
