@@ -100,7 +100,15 @@ def test_top1_tail_gain_is_the_rise_over_the_last_quarter(tmp_path):
             [(100, 0.50), (200, 0.70), (301, 0.80), (401, 0.83)]]
     rows += [{"kind": "train", "step": s, "loss": 1.0 / s} for s in range(1, 401, 10)]
     (rec.dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    # the evaluation nearest to 3/4 of the run is step 301's (epoch ends fall between steps)
-    assert rec.top1_tail_gain() == pytest.approx(0.03)
+    # 3/4 of the run is step 300.75, between the evaluations at 200 and 301: interpolated
+    assert rec.top1_tail_gain() == pytest.approx(0.83 - (0.70 + 0.10 * 100.75 / 101))
+    # one evaluation per epoch of 3 epochs: the last quarter, not the last third (0.02)
+    rows = [{"kind": "eval", "step": s, "top1": t} for s, t in [(234, 0.80), (468, 0.85), (703, 0.87)]]
+    (rec.dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert rec.top1_tail_gain() == pytest.approx(0.87 - (0.85 + 0.02 * (527.25 - 468) / 235))
+    # nothing at or before 3/4: the last quarter is not measured
+    (rec.dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows[-1:] * 1 + [
+        {"kind": "eval", "step": 600, "top1": 0.86}]) + "\n")
+    assert rec.top1_tail_gain() is None
     (rec.dir / "metrics.jsonl").write_text(json.dumps(rows[-1]) + "\n")
     assert rec.top1_tail_gain() is None  # a single evaluation has nothing to compare with
