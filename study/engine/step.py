@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from study.engine import trace_cache
 from study.engine.agc import AGCState, clipped_fraction
 from study.engine.optim import ema_update
 
@@ -50,6 +51,7 @@ def _metrics(grads: Any, opt: Any, params: Any, loss: jax.Array, top1: jax.Array
 def make_train_step(
     graphdef: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *, num_classes: int,
     label_smoothing: float, ema_decay: float, mean: tuple, std: tuple, dtype: Any = jnp.float32,
+    cache_key: str | None = None,
 ) -> Callable[[dict, dict], tuple[dict, dict]]:
     def loss_fn(params, rest, x, y, dist):
         # Rebuild the Variables at this trace level: the dropout RNG counters are mutated here,
@@ -65,28 +67,37 @@ def make_train_step(
         return loss, (nnx.state(model, nnx.Not(nnx.Param)), correct)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    # With a cache key the traces are exported and reused by later runs (study.engine.trace_cache).
+    jit = jax.jit if cache_key is None else functools.partial(trace_cache.cached_jit, key=cache_key)
 
-    @jax.jit
-    def micro_step(params, rest, gsum, lsum, csum, x, y, dist):
+    def micro(params, rest, gsum, lsum, csum, x, y, dist):
         (loss, (rest, correct)), g = grad_fn(params, rest, x, y, dist)
         if gsum is not None:
             g = jax.tree.map(jnp.add, gsum, g)
             loss, correct = lsum + loss, csum + correct
         return rest, g, loss, correct
 
-    # accum is static: with one micro-batch the division (a pass over every gradient) vanishes.
-    @functools.partial(jax.jit, donate_argnums=0, static_argnums=5)
-    def apply_step(state, rest, gsum, lsum, csum, accum, examples):
-        params = state["params"]
-        grads = gsum if accum == 1 else jax.tree.map(lambda g: g / accum, gsum)
-        updates, opt = tx.update(grads, state["opt"], params)
-        new_params = optax.apply_updates(params, updates)
-        # EMA of the parameters; a BN model's EMA evaluation uses the running statistics,
-        # which are themselves moving averages.
-        ema = ema_update(state["ema"], new_params, ema_decay, state["step"])
-        metrics = _metrics(grads, opt, new_params, lsum / accum, csum / examples, lr(state["step"]))
-        new_state = dict(params=new_params, rest=rest, opt=opt, ema=ema, step=state["step"] + 1)
-        return new_state, metrics
+    micro_step = jit(micro, **({} if cache_key is None else {"name": "micro_step"}))
+
+    # accum is a constant of the trace: with one micro-batch the division (a pass over every
+    # gradient) vanishes.
+    @functools.cache
+    def apply_step_for(accum: int) -> Callable:
+        def apply_step(state, rest, gsum, lsum, csum, examples):
+            params = state["params"]
+            grads = gsum if accum == 1 else jax.tree.map(lambda g: g / accum, gsum)
+            updates, opt = tx.update(grads, state["opt"], params)
+            new_params = optax.apply_updates(params, updates)
+            # EMA of the parameters; a BN model's EMA evaluation uses the running statistics,
+            # which are themselves moving averages.
+            ema = ema_update(state["ema"], new_params, ema_decay, state["step"])
+            metrics = _metrics(grads, opt, new_params, lsum / accum, csum / examples, lr(state["step"]))
+            new_state = dict(params=new_params, rest=rest, opt=opt, ema=ema, step=state["step"] + 1)
+            return new_state, metrics
+
+        if cache_key is None:
+            return jax.jit(apply_step, donate_argnums=0)
+        return jit(apply_step, name=f"apply_step_accum{accum}", donate=0)
 
     def step(state: dict, batch: dict, sharding: Any = None) -> tuple[dict, dict]:
         """One optimizer step on ``batch`` (host arrays shaped (accum, micro, ...)).
@@ -105,7 +116,7 @@ def make_train_step(
             rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
         # The host's batch is its 1/process_count share of the global one.
         examples = jax.process_count() * sum(batch["label"][i].shape[0] for i in range(accum))
-        return apply_step(state, rest, gsum, lsum, csum, accum, float(examples))
+        return apply_step_for(accum)(state, rest, gsum, lsum, csum, jnp.float32(examples))
 
     return step
 

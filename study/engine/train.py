@@ -11,6 +11,7 @@ and the process exits 0 so a grid goes on.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from study import config as config_lib
 from study import models
-from study.engine import checkpoint, compile_cache, input_pipeline, optim
+from study.engine import checkpoint, compile_cache, input_pipeline, optim, trace_cache
 from study.engine.bookkeeping import Books, Every, divergence, who
 from study.engine.checkpoint import Checkpointer
 from study.engine.step import make_eval_step, make_train_step, put, split_model
@@ -209,10 +210,16 @@ def _train(rec: RunRecord, cfg: dict[str, Any], data: input_pipeline.Data, where
 
     # The compiled steps.
     common = dict(mean=data.mean, std=data.std, dtype=dtype)
+    # What the traces depend on beyond the arguments: the config (a seed changes only values)
+    # and what the data contributes (the schedule's length, the normalisation, the classes).
+    key = None if cache is None else json.dumps(
+        {"config": {k: v for k, v in cfg.items() if k != "seed"}, "train_size": data.train_size,
+         "total": total, "classes": data.num_classes, **common}, sort_keys=True, default=str)
     train_step = make_train_step(
         g_train, tx, lr, num_classes=data.num_classes, label_smoothing=cfg["label_smoothing"],
-        ema_decay=cfg["ema_decay"], **common)
-    eval_step = jax.jit(make_eval_step(g_eval, **common))
+        ema_decay=cfg["ema_decay"], **common, cache_key=key)
+    eval_fn = make_eval_step(g_eval, **common)
+    eval_step = jax.jit(eval_fn) if key is None else trace_cache.cached_jit(eval_fn, "eval_step", key)
     books = where["books"] = Books(
         rec, ckpt, it, start=start, resumed=restored is not None, meta=meta, total=total,
         steps_per_epoch=steps_per_epoch, batch=cfg["batch_size"], progress=progress,
