@@ -17,7 +17,7 @@ TARGETS = (  # key, label, comparison, threshold, unit
     ("data_wait_fraction", "data wait in a real run", "<=", 0.05, "%"),
     ("mfu_conv", "MFU of the measured conv peak (best config)", ">=", 0.5, "%"),
     ("grid_cpu_utilisation", "CPU utilisation of the agc grid's launch", ">=", 0.95, "%"),
-    ("compile_s_cached", "a cached run's first step less one step (median)", "<=", 2.0, "s"),
+    ("compile_s_cached", "a grid's later run: first step less one step (same step, new process)", "<=", 2.0, "s"),
 )
 
 
@@ -147,6 +147,18 @@ def write(res: dict[str, Any], path: str | Path) -> None:
                       f"{w['batch']}, {w['steps']} steps): {100 * w['data_wait_fraction']:.1f}% of "
                       f"{w['loop_s']:.1f} s spent in `next(iterator)`; {w['images_per_s']:.0f} img/s."]
     g = res.get("grid", {})
+    fs = res.get("first_step") or {}
+    if "first_step_s_cached" in fs:
+        c = fs["config"]
+        lines += ["", "## First step", "",
+                  f"The trainer on {c.get('model')} ({c.get('dataset')}, {c.get('image_size')} px, batch "
+                  f"{c.get('batch_size')}), twice in new processes with fresh caches (bench/first_step.py), "
+                  f"one core: the first step less one step took {fs['first_step_s_cold']:.1f} s in the "
+                  f"first run (trace, export, XLA compile) and {fs['first_step_s_cached']:.1f} s in the "
+                  f"second, which reused {fs['cached']['reused_traces']} exported traces and the "
+                  f"compiled executables."]
+    elif "error" in fs:
+        lines += ["", "## First step", "", f"Not measured: {fs['error']}"]
     lines += ["", "## Grid", ""]
     if g.get("status") == "measured":
         lines.append(f"`make ablation-agc` ({g['grid']}), started {g.get('started')}: "

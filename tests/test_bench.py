@@ -36,6 +36,10 @@ STUB = textwrap.dedent('''
 ''')
 
 
+FIRST_STEP = {"dataset": "synthetic", "synthetic_size": 128, "batch_size": 16, "steps": 2,
+              "log_every": 1, "eval_every": 100, "eval_batch_size": 64}
+
+
 def test_bench_writes_the_four_keys(tmp_path):
     stub = tmp_path / "stub_torch.py"
     stub.write_text(STUB)
@@ -45,7 +49,8 @@ def test_bench_writes_the_four_keys(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--plan", json.dumps(plan), "--out", str(out),
          "--markdown", str(md), "--runs-dir", str(tmp_path / "runs"), "--no-parity",
-         "--torch-python", sys.executable, "--torch-script", str(stub), "--budget", "600"],
+         "--torch-python", sys.executable, "--torch-script", str(stub), "--budget", "600",
+         "--first-step", json.dumps(FIRST_STEP)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -59,7 +64,13 @@ def test_bench_writes_the_four_keys(tmp_path):
     row = res["throughput"][0]
     assert row["params"] > 0 and row["images_per_s"]["jax"] > 0
     assert res["grid"]["status"].startswith("not measured")  # no launches.jsonl in tmp runs
-    assert res["grid_cpu_utilisation"] is None and res["compile_s_cached"] is None
+    assert res["grid_cpu_utilisation"] is None and res["grid_compile_s_cached"] is None
+    # The second run of the same step reused every exported trace (two micro-step variants
+    # need accum 2; here one micro step, the optimizer step and the evaluation).
+    fs = res["first_step"]
+    assert fs["cached"]["reused_traces"] == 3 and fs["cold"]["reused_traces"] == 0
+    assert res["compile_s_cached"] == fs["first_step_s_cached"] >= 0
+    assert "## First step" in md.read_text()
     assert res["agc_overhead_by_model"] == {"nf-resnet-nano 28px batch 8": res["agc_overhead"]}
     assert {d["dataset"] for d in res["data"]} == {"fashion_mnist", "imagenet"}
     text = md.read_text()
