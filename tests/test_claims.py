@@ -135,6 +135,27 @@ def test_a_run_still_learning_at_its_end_makes_the_claim_invalid():
     assert verdicts({"agc": df})["agc_matches_bn_at_largest_batch"][0] == "PASS"
 
 
+def test_only_a_cell_whose_accuracy_decides_the_verdict_can_void_it():
+    """NF + AGC at 4096 still learning: the claims that compare its accuracy are INVALID; those a
+    no-AGC divergence decides are not (more training cannot undo a divergence)."""
+    df = agc_table(STABLE)
+    df["top1_tail_gain"] = 0.004
+    df.loc[df["run_id"] == "nf1-4096-s2", "top1_tail_gain"] = 0.02
+    v = verdicts({"agc": df})
+    assert v["agc_matches_bn_at_largest_batch"][0] == "INVALID"
+    for cid in ("agc_stable_at_largest_batch", "no_agc_unstable_at_largest_batch",
+                "no_agc_behind_bn_at_largest_batch", "agc_little_benefit_at_small_batch"):
+        assert v[cid][0] == "PASS", (cid, v[cid])
+    # Without a divergence, "falls behind AGC" compares AGC's accuracy: void again.
+    df = agc_table({**STABLE, ("nf-resnet", False, 4096): 0.60})
+    df["top1_tail_gain"] = 0.004
+    df.loc[df["run_id"] == "nf1-4096-s2", "top1_tail_gain"] = 0.02
+    v = verdicts({"agc": df})
+    assert v["no_agc_unstable_at_largest_batch"][0] == "INVALID"
+    assert v["agc_little_benefit_at_small_batch"][0] == "INVALID"
+    assert v["no_agc_behind_bn_at_largest_batch"][0] == "PASS"
+
+
 def test_a_difference_inside_its_interval_is_not_a_difference():
     close = {**STABLE, ("nf-resnet", False, 4096): 0.745}  # 0.5 pp below BN, seeds a point apart
     v = verdicts({"agc": agc_table(close)})

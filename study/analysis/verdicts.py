@@ -6,8 +6,10 @@ the registry of claims (:mod:`study.analysis.claims` holds the claims themselves
   decides it: "A below B" holds when the interval of mean(A) − mean(B) lies below 0;
 - INCONCLUSIVE: a cell has too few finished seeds, or an interval the claim needs includes 0;
 - INVALID: the comparison itself is void: a reference cell did not train (within ``TRAINED`` of
-  chance without diverging, or more than ``REFERENCE_SPREAD`` below its own best batch size), or a compared run that did not diverge was still learning at its
-  end (test top-1 up by more than ``STILL_LEARNING`` over its last quarter). Never a PASS.
+  chance without diverging, or more than ``REFERENCE_SPREAD`` below its own best batch size), or
+  a run whose accuracy the verdict compares was still learning at its end (test top-1 up by more
+  than ``STILL_LEARNING`` over its last quarter). Never a PASS. Only the cells a verdict reads
+  can void it: a claim decided by a divergence does not read the other cell's accuracy.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ class Invalid(Exception):
     """The comparison is void (a reference that did not train, a run still learning)."""
 
 
-def cell(df: pd.DataFrame, best: int | None, what: str, mask: pd.Series) -> pd.Series:
-    """The summary of the runs under ``mask``, checked: enough seeds, none still learning."""
+def cell(df: pd.DataFrame, best: int | None, what: str, mask: pd.Series, *, level: bool = True) -> pd.Series:
+    """The summary of the runs under ``mask``, checked: enough seeds and, when the verdict
+    compares the cell's accuracy (``level``), none still learning. More training can reorder
+    accuracies, but it cannot undo a divergence nor pull a rising run back to chance, so a cell
+    used only for those (``level=False``) is not voided by a run still learning."""
     s = summarize(df[mask], ["label"], best)
     if s.empty:
         raise Short(f"{what}: no run in the grid")
@@ -75,7 +80,7 @@ def cell(df: pd.DataFrame, best: int | None, what: str, mask: pd.Series) -> pd.S
                     f"{MIN_SEEDS}: {fmt(row)}")
     done = df[mask & (column(df, "status", "") == "done")]
     gain = pd.to_numeric(column(done, "top1_tail_gain"), errors="coerce")
-    if (gain > STILL_LEARNING).any():
+    if level and (gain > STILL_LEARNING).any():
         raise Invalid(f"{what}: still learning at the end (test top-1 up {100 * gain.max():.1f} pp over "
                       f"the last quarter of a run): undertrained, {fmt(row)}")
     return row
