@@ -30,15 +30,19 @@ def _train(workdir: Path, sets: dict[str, Any], seed: int, cache: Path) -> dict[
         args += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
     cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     t0 = time.perf_counter()
-    r = subprocess.run(args, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "STUDY_JAX_CACHE": str(cache)},
-                       preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
-    if r.returncode:
-        raise RuntimeError(f"trainer failed: {r.stderr.strip().splitlines()[-1:]}")
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "STUDY_JAX_CACHE": str(cache)})
+    # Pinned from here, not in a preexec_fn: a fork that runs Python in a multithreaded (JAX)
+    # parent can deadlock. The child is still importing; its compute threads start later.
+    if cpu is not None:
+        os.sched_setaffinity(p.pid, {cpu})
+    _, err = p.communicate(timeout=900)
+    if p.returncode:
+        raise RuntimeError(f"trainer failed: {err.strip().splitlines()[-1:]}")
     res = json.loads((workdir / "result.json").read_text())
     return {"process_s": time.perf_counter() - t0, "first_step_s": res["compile_s"],
             "step_s": res["step_time_ms"] / 1000,
-            "reused_traces": r.stderr.count("reusing the traced")}
+            "reused_traces": err.count("reusing the traced")}
 
 
 def measure(sets: dict[str, Any] = LOCAL) -> dict[str, Any]:
