@@ -106,6 +106,27 @@ def test_the_launcher_starts_the_longest_runs_first(tmp_path):
     assert [r.config["seed"] for r in todo] == [0, 0, 0, 1, 1, 1]
 
 
+
+def test_the_launcher_ends_on_the_runs_its_first_seeds_showed_short(tmp_path):
+    """Seeds of a shape take as long as its first run: once that has run, the next start is the
+    longest measured shape (a BN step is slower than the NF one, a diverging cell stops in seconds),
+    after any shape not yet started and any still in flight."""
+    from study.grids import launch
+
+    seeds = GOOD.replace("seeds: [0]", "seeds: [0, 1]")
+    g = grid.load(write(tmp_path, seeds), "smoke")
+    queue, _ = launch._triage(g, tmp_path / "runs", print)
+    k = [launch.compile_key(r.config) for r in queue]
+    assert launch.pick(queue, set(), {}) == 0  # nothing started: order()'s order
+    assert launch.pick(queue, {k[0]}, {}) == 1  # the next shape not yet started
+    rest = queue[3:]  # the three second seeds
+    started = set(k)
+    assert launch.pick(rest, started, {k[0]: 50.0, k[1]: 90.0}) == 2  # its first run is in flight
+    assert launch.pick(rest, started, {k[0]: 50.0, k[1]: 90.0, k[2]: 3.0}) == 1  # the longest
+    assert launch.pick(rest, started, {k[0]: 90.0, k[1]: 90.0, k[2]: 3.0}) == 0  # ties: file order
+    assert launch.pick(rest[2:], started, {k[0]: 1.0, k[1]: 1.0, k[2]: 3.0}) == 0
+
+
 MALFORMED = [
     ("nmae: x\n", "nmae"),
     (GOOD.replace("name: tiny", "name: [1]"), "name"),

@@ -132,6 +132,20 @@ def order(todo: list[Run]) -> list[Run]:
     return [r for _, r in sorted(zip(rank, todo), key=lambda p: p[0])]
 
 
+def pick(queue: list[Run], started: set[str], measured: dict[str, float]) -> int:
+    """Which queued run starts next, as the grid goes: a shape not yet started first (in
+    :func:`order`'s order), then a shape still in flight (its length is unknown), then the longest
+    by its first run's measured wall seconds. The estimate of :func:`cost` cannot know that a BN
+    step is slower than an NF one or that a run will diverge in a few steps; once a shape has run,
+    its seeds are known, so the grid can end on the short ones and no core idles in a long tail."""
+    keys = [compile_key(r.config) for r in queue]
+    for want in (lambda k: k not in started, lambda k: k not in measured):
+        for i, k in enumerate(keys):
+            if want(k):
+                return i
+    return max(range(len(queue)), key=lambda i: (measured[keys[i]], -i))
+
+
 def _spawn(run: Run, root: str | Path, env: dict[str, str], cpus: set[int] | None):
     """``study train`` on the run's directory, its output appended to its train.log."""
     spec = write_spec(run, root)
@@ -160,6 +174,8 @@ class _Pool:
             self.env.setdefault("OMP_NUM_THREADS", str(len(self.slots[0])))
         self.free = list(range(jobs))
         self.active: dict[int, tuple] = {}
+        self.started: set[str] = set()  # compile keys spawned in this launch
+        self.measured: dict[str, float] = {}  # compile key → wall seconds of its first run
         self.tries: dict[str, int] = {}
         self.failed: list[str] = []
         self.outcomes: dict[str, int] = {}
@@ -173,28 +189,32 @@ class _Pool:
 
     def fill(self) -> None:
         while self.queue and len(self.active) < self.jobs and not self.interrupted:
-            run, slot = self.queue.pop(0), self.free.pop(0)
+            run = self.queue.pop(pick(self.queue, self.started, self.measured))
+            slot = self.free.pop(0)
+            self.started.add(compile_key(run.config))
+            fresh = run.record(self.root).last_checkpoint() is None  # a resumed run's time is partial
             p, out = _spawn(run, self.root, self.env, self.slots[slot] if self.slots else None)
-            self.active[p.pid] = (p, run, out, slot)
+            self.active[p.pid] = (p, run, out, slot, time.perf_counter(), fresh)
             self.progress.start()
             self.progress.say(f"  start {run.run_id} {run.label} {run.varied} seed={run.config['seed']}")
 
     def reap(self) -> None:
-        for pid, (p, run, out, slot) in list(self.active.items()):
+        for pid, (p, run, out, slot, t0, fresh) in list(self.active.items()):
             if p.poll() is None:
                 continue
             out.close()
             del self.active[pid]
             self.free.append(slot)
-            self._ended(run, p.returncode)
+            if self._ended(run, p.returncode) in FINISHED and fresh:
+                self.measured.setdefault(compile_key(run.config), time.perf_counter() - t0)
 
-    def _ended(self, run: Run, returncode: int) -> None:
+    def _ended(self, run: Run, returncode: int) -> Status | str | None:
         say = self.progress.say
         st = _settle(run, self.root, returncode)
         if st == "busy":
             self.progress.end("busy elsewhere")
             say(f"  busy      {run.run_id}: another process took it; left to that one")
-            return
+            return st
         sig = signal_death(returncode)
         if sig and not self.interrupted and self.tries.get(run.run_id, 0) < self.retries:
             self.tries[run.run_id] = self.tries.get(run.run_id, 0) + 1
@@ -203,12 +223,13 @@ class _Pool:
             say(f"  retry     {run.run_id} died of {sig}; resuming from "
                 f"{'step ' + str(ck) if ck else 'the start'} (retry {self.tries[run.run_id]}/{self.retries})")
             self.queue.insert(0, run)
-            return
+            return None
         if st == Status.FAILED:
             self.failed.append(run.run_id)
         self.outcomes[st] = self.outcomes.get(st, 0) + 1
         say(f"  {st:9} {run.run_id} {run.label} {run.varied}")
         self.progress.end(str(st))
+        return st
 
 
 def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, retries: int = 1,
