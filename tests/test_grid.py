@@ -125,6 +125,12 @@ def test_the_launcher_ends_on_the_runs_its_first_seeds_showed_short(tmp_path):
     assert launch.pick(rest, started, {k[0]: 50.0, k[1]: 90.0, k[2]: 3.0}) == 1  # the longest
     assert launch.pick(rest, started, {k[0]: 90.0, k[1]: 90.0, k[2]: 3.0}) == 0  # ties: file order
     assert launch.pick(rest[2:], started, {k[0]: 1.0, k[1]: 1.0, k[2]: 3.0}) == 0
+    # A relaunch knows the shapes an earlier launch finished: their seeds wait behind new shapes.
+    root = tmp_path / "runs"
+    first = queue[0].record(root)
+    first.dir.mkdir(parents=True)
+    first.write_result({"status": "diverged", "steps": 4, "step_time_ms": 250.0})
+    assert launch.measured_on_disk(g, root) == {k[0]: 1.0}
 
 
 MALFORMED = [

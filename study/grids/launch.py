@@ -100,6 +100,23 @@ def cost(run: Run) -> float:
     return float(images) * (counted.macs if counted else float(res * res))
 
 
+def measured_on_disk(grid: Grid, root: str | Path) -> dict[str, float]:
+    """Compile key → training seconds (steps × median step time) of a finished run of that shape
+    from an earlier launch, so a resumed grid also orders its remaining seeds by what they took."""
+    seconds: dict[str, float] = {}
+    for r in grid.runs:
+        rec = r.record(root)
+        if rec.status() not in FINISHED:
+            continue
+        try:
+            res = rec.result()
+        except (OSError, ValueError):
+            continue
+        if res.get("steps") and res.get("step_time_ms"):
+            seconds.setdefault(compile_key(r.config), res["steps"] * res["step_time_ms"] / 1000)
+    return seconds
+
+
 def _triage(grid: Grid, root: str | Path, log) -> tuple[list[Run], int]:
     """The runs to train (neither finished nor live elsewhere) and how many are finished."""
     states = {r.run_id: r.record(root).status() for r in grid.runs}
@@ -243,6 +260,8 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, retries:
     jobs = jobs or parallelism(len(todo))
     log(f"{grid.name}/{grid.scale}: {len(todo)} to train ({skipped} finished), {jobs} at a time")
     pool = _Pool(todo, root, jobs, retries, GridProgress(len(todo), f"{grid.name}/{grid.scale}", log))
+    pool.measured = measured_on_disk(grid, root)
+    pool.started = set(pool.measured)
     old = {sig: signal.signal(sig, pool.stop) for sig in STOP_SIGNALS}
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
