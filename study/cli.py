@@ -106,6 +106,10 @@ def _grid(args: argparse.Namespace) -> int:
     if g is None:
         return 2
     if args.action == "run":
+        if not args.no_reuse:
+            from study.grids import reuse
+
+            reuse.adopt(g, args.runs_dir, log=_say)
         if args.backend == "slurm":
             from study.grids import slurm
 
@@ -254,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
         if action == "run":
             q.add_argument("--backend", choices=("local", "slurm"), default="local")
             q.add_argument("--profile", default="slurm/local.yaml", help="SLURM profile (slurm/*.yaml)")
+            q.add_argument("--no-reuse", action="store_true",
+                           help="train every run, even one another grid finished with the same config")
             q.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by cores/memory)")
             q.add_argument("--retries", type=int, default=1,
                            help="resume a run that died of a signal this many times (default 1)")
