@@ -87,9 +87,11 @@ class _Split(grain.transforms.Map):
                 for k, v in element.items()}
 
 
-def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int = 256) -> Data:
+def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int = 256, *,
+          batched: bool = True) -> Data:
     """The train and eval datasets of ``cfg``; resolutions are used by ImageNet only (in-memory
-    sets take ``image_size``: a whole-factor area downsampling of both splits)."""
+    sets take ``image_size``: a whole-factor area downsampling of both splits). ``batched=False``
+    reads in-memory sets element by element (what ``arrays.Batches`` is tested against)."""
     name, seed = cfg["dataset"], cfg["seed"]
     workers = 0
     if name in ("fashion_mnist", "cifar10", "synthetic"):
@@ -109,6 +111,15 @@ def build(cfg: dict[str, Any], train_resolution: int = 224, eval_resolution: int
         train = arrays.dataset(xtr, ytr, seed=seed, shuffle=True)
         evaluation = arrays.dataset(xte, yte, seed=seed, shuffle=False)
         sizes, channels = (len(ytr), len(yte)), xtr.shape[-1]
+        if batched and not cfg["mixup_cutmix"] and not cfg["randaugment"]:
+            # Whole batches by one indexing each: the same batches as the element pipeline below.
+            nproc, pid = jax.process_count(), jax.process_index()
+            train = grain.MapDataset.source(arrays.Batches(
+                xtr, ytr, batch=cfg["batch_size"] // nproc, seed=seed, shuffle=True, repeat=True,
+                stride=nproc, offset=pid)).map(_Split(cfg["accum_steps"]))
+            evaluation = grain.MapDataset.source(arrays.Batches(
+                xte, yte, batch=cfg["eval_batch_size"], seed=None, shuffle=False, repeat=False))
+            return Data(train, sizes[0], evaluation, sizes[1], classes, channels, mean, std, workers)
     elif name == "imagenet":
         if cfg["data_dir"] is None:
             raise FileNotFoundError("data_dir: imagenet needs data_dir (train/ and val/, or ArrayRecords)")
