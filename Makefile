@@ -20,7 +20,7 @@ help:
 	@echo "make test-slow the long checks marked slow"
 	@echo "make ablation-agc|lambda|layers|depth|width|variants|signal|ablations [SCALE=smoke|local|paper] [RUNS_DIR=runs]"
 	@echo "make report   reports/index.html: figures, comparison with the paper and the shipped reports/<SCALE>, claim checks [SCALE=...] [RUNS_DIR=runs]"
-	@echo "make reference  the runs' report shipped as reports/<SCALE> (then: study readme) [SCALE=local]"
+	@echo "make reference  the runs' report shipped as reports/<SCALE> (then: study readme) [SCALE=local] [GRIDS='agc ...': rebuild only these, keep the rest]"
 	@echo "make bench     BENCHMARKS.md + bench/results.json: speed vs PyTorch/timm, MFU, AGC, data (<= 15 min)"
 	@echo "make bench-quick  the same, a subset (<= 2 min)"
 	@echo "make bench-gpu    on one GPU: NFNet-F0 step + NF-ResNet-50 img/s vs timm + torch.compile (<= 8 min) [GPU_PY=python3]"
@@ -78,7 +78,7 @@ report: setup
 
 # The shipped reference: the report, per-grid results.csv without machine paths, no checkpoints.
 reference: setup
-	$(BIN)/study report --ship --scale $(SCALE) --runs-dir $(RUNS_DIR) --out reports/$(SCALE)
+	$(BIN)/study report --ship --scale $(SCALE) --runs-dir $(RUNS_DIR) --out reports/$(SCALE) $(if $(GRIDS),--only $(GRIDS))
 
 # The benchmark's PyTorch side: its own venv, used by nothing else (bench/requirements-torch.lock).
 TORCH_VENV := .venv-torch

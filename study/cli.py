@@ -203,8 +203,19 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: --reference {ref}: no shipped reference there ({reference.MANIFEST} missing; "
               "make reference writes one)", file=sys.stderr)
         return 2
-    index = report.build(args.scale, args.runs_dir, out, args.grids, signal_models=signal,
-                         reference=ref, ship=args.ship)
+    if args.only and not args.ship:
+        print("error: --only: rebuilds part of a shipped reference, so it needs --ship", file=sys.stderr)
+        return 2
+    if args.only and not (Path(out) / reference.MANIFEST).exists():
+        print(f"error: --only: {out} holds no shipped reference to keep the other grids from "
+              f"({reference.MANIFEST} missing)", file=sys.stderr)
+        return 2
+    try:
+        index = report.build(args.scale, args.runs_dir, out, args.grids, signal_models=signal,
+                             reference=ref, ship=args.ship, only=args.only)
+    except ValueError as e:
+        print(f"error: --{e}", file=sys.stderr)
+        return 2
     print(f"{index} (figures, comparison.csv, claims.csv beside it)")
     if ref is not None:
         import pandas as pd
@@ -284,6 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ship", action="store_true",
                    help="write the report as the shipped reference (default OUT reports/<scale>): "
                         "per-grid results.csv without machine paths, grids.json; never checkpoints")
+    p.add_argument("--only", nargs="+", default=None, metavar="GRID",
+                   help="with --ship: rebuild only these grids from the runs; the others keep the results "
+                        "and curves already shipped in OUT (marked as carried over)")
     p.set_defaults(func=_report)
     p = sub.add_parser("readme", help="rewrite README's local-results block from a shipped reference")
     p.add_argument("--reference", default="reports/local", help="shipped reference directory")

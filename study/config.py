@@ -116,6 +116,8 @@ KEYS: dict[str, Key] = {
     "eval_batch_size": Key(1000, "evaluation batch size", int, min=1),
 }
 MODEL_PREFIX = "model."
+# Keys whose value names this machine's file system: never shipped in a reference.
+PATH_KEYS = ("data_dir",)
 
 
 class ConfigError(ValueError):

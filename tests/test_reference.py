@@ -86,7 +86,11 @@ def _write_runs(root: Path, grids: Path) -> None:
             record.write_json(d / "config.json", run.config)
             record.write_json(d / "environment.json", {"device_kind": "cpu", "device_count": 1,
                                                        "git": {"commit": "0123456789abcdef", "dirty": False}})
-            record.write_json(d / "result.json", _result(run, cells.index((run.label, json.dumps(run.varied, sort_keys=True)))))
+            result = _result(run, cells.index((run.label, json.dumps(run.varied, sort_keys=True))))
+            record.write_json(d / "result.json", result)
+            if run.config["task"] == "train":  # a loss curve, so the grid has a curves figure to ship
+                lines = [{"step": s, "epoch": s / 4, "kind": "train", "loss": 2.3 / s, "lr": 0.1} for s in (1, 2, 3, 4)]
+                (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +224,66 @@ def test_readme_without_markers_is_refused(shipped, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "local-results:begin" in err
     assert path.read_text() == "# no markers\n"
+
+
+def _ship_again(shipped, name: str, runs: Path, only: list[str]) -> Path:
+    """A copy of the shipped reference, rebuilt in place from ``runs`` for the grids ``only``."""
+    ref = shipped["tmp"] / name
+    shutil.copytree(shipped["ref"], ref)
+    report.build("smoke", runs, ref, shipped["grids"], signal_models=None, structure=shipped["structure"],
+                 ship=True, only=only)
+    return ref
+
+
+def test_shipped_results_keep_the_config_but_not_its_paths(shipped):
+    table = pd.read_csv(shipped["ref"] / "mini" / "results.csv")
+    for col in ("cfg.agc", "cfg.agc_clipping", "cfg.agc_exclude", "cfg.synthetic_size", "cfg.steps"):
+        assert col in table.columns, col
+    assert "cfg.data_dir" not in table.columns
+
+
+def test_carrying_every_grid_reproduces_the_reference(shipped, tmp_path):
+    """No runs at all and nothing rebuilt: the claims, tables and run counts are the shipped ones."""
+    (tmp_path / "none").mkdir()
+    ref = _ship_again(shipped, "carried-all", tmp_path / "none", only=[])
+    for name in ("claims.csv", "status.csv", "mini/results.csv", "lat/results.csv", "sig/results.csv"):
+        old, new = pd.read_csv(shipped["ref"] / name), pd.read_csv(ref / name)
+        if name == "status.csv":
+            assert new["note"].str.contains("carried over from the shipped reference").all()
+            old, new = old.drop(columns="note"), new.drop(columns="note")
+        pd.testing.assert_frame_equal(new, old, check_like=True, obj=name)
+    assert (shipped["ref"] / "figures" / "curves_mini.png").exists()
+    assert (ref / "figures" / "curves_mini.png").exists()  # its runs' curves cannot be redrawn: kept
+    assert "curves_mini.png" in (ref / "index.html").read_text()
+
+
+def test_only_the_named_grid_is_rebuilt(shipped, tmp_path):
+    """The training grid rerun with one cell moved; the latency grid's runs gone and carried."""
+    runs = tmp_path / "runs"
+    shutil.copytree(shipped["runs"], runs)
+    run = _target(shipped)[0]
+    _nudge(run, 0.3)(runs)
+    shutil.rmtree(runs / "lat")
+    ref = _ship_again(shipped, "only-mini", runs, only=["mini", "sig"])
+    mini = pd.read_csv(ref / "mini" / "results.csv").set_index("run_id")
+    assert mini.loc[run.run_id, "top1"] == pytest.approx(
+        pd.read_csv(shipped["ref"] / "mini" / "results.csv").set_index("run_id").loc[run.run_id, "top1"] + 0.3)
+    pd.testing.assert_frame_equal(pd.read_csv(ref / "lat" / "results.csv"),
+                                  pd.read_csv(shipped["ref"] / "lat" / "results.csv"), check_like=True)
+    notes = pd.read_csv(ref / "status.csv").set_index("grid")["note"].fillna("")
+    assert "carried over" in notes["lat"] and "carried over" not in notes["mini"]
+
+
+def test_only_is_checked_before_anything_is_written(shipped, tmp_path, capsys):
+    ref = shipped["tmp"] / "only-bad"
+    shutil.copytree(shipped["ref"], ref)
+    before = {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()}
+    base = ["report", "--scale", "smoke", "--runs-dir", str(shipped["runs"]), "--grids", str(shipped["grids"]),
+            "--no-signal", "--out", str(ref)]
+    assert cli.main([*base, "--only", "mini"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only" in err and "--ship" in err
+    assert cli.main([*base, "--ship", "--only", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nosuch'" in err and "mini" in err
+    assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before

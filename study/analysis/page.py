@@ -38,7 +38,8 @@ def status(grids: dict) -> pd.DataFrame:
         counts = column(g.table, "status", "").value_counts().to_dict() if not g.table.empty else {}
         rows.append(dict(grid=name, runs=len(g.table), **{k: int(counts.pop(k, 0)) for k in known},
                          **{k: int(v) for k, v in counts.items()},
-                         note=g.error or (f"best {g.best} of seeds" if g.best else "")))
+                         note="; ".join(n for n in (g.error, getattr(g, "carried", None), f"best {g.best} of seeds" if g.best else "")
+                                        if n)))
     df = pd.DataFrame(rows, columns=["grid", "runs", *known, "note"] if not rows else None)
     counts = [c for c in df.columns if c not in ("grid", "note")]
     df[counts] = df[counts].fillna(0).astype(int)

@@ -1,8 +1,8 @@
 """The shipped reference (``reports/<scale>/``) and a rerun's comparison with it.
 
 ``study report --ship`` writes a report into ``reports/<scale>/`` and, beside it, per grid
-``<grid>/results.csv`` (the results table without the machine's paths: :data:`KEEP` columns only)
-and ``grids.json`` (the grids in report order, with the axes that define their cells). Nothing of
+``<grid>/results.csv`` (the results table without the machine's paths: :data:`KEEP` columns, the
+axes, every config key but :data:`study.config.PATH_KEYS` and a task's own scalars) and ``grids.json`` (the grids in report order, with the axes that define their cells). Nothing of
 a run directory is copied, so no checkpoint can ship. A later ``study report`` reads the
 reference back and compares every cell (the block label and the grid's axes, seeds pooled by
 :func:`study.analysis.aggregate.summarize`, as the report's accuracy rows group them) at the
@@ -23,6 +23,8 @@ import pandas as pd
 
 from study.analysis.aggregate import column, summarize
 from study.analysis.columns import axis, cfg
+from study.config import PATH_KEYS
+from study.status import Status
 
 DIGITS = 4  # the digit a top-1 is printed to (README, `study grid status`)
 SAME, INSIDE, OUTSIDE = "same", "moved, inside interval", "moved, outside interval"
@@ -40,6 +42,8 @@ KEEP = ["grid", "scale", "run_id", "label", "status", cfg("seed"), cfg("model"),
         "batch", "resolution", "dtype", "params", "macs", "device_kind", "device_count", "jax", "commit",
         "dirty"]
 DROP = {"pid"}  # a number, but of a process on this machine
+# What identifies a run in a grid; the rest of a shipped row is its outcome (:func:`carry`).
+IDENTITY = ("grid", "scale", "run_id", "label")
 
 
 class GridLike(Protocol):
@@ -174,8 +178,24 @@ def default_dir(scale: str, out: str | Path, root: str | Path = "reports") -> Pa
     return ref
 
 
+def carry(table: pd.DataFrame, shipped: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A grid's table whose outcomes come from its shipped results instead of run directories:
+    ``table`` (the grid file's runs, as :func:`study.analysis.results.table` makes it) with every
+    outcome column of ``shipped`` (status, top-1, losses, timings, commit, ...) joined by run id.
+    The configs stay the grid file's, so a shipped file's CSV types never reach a claim. Returns
+    the table and the shipped run ids the grid no longer has (its file changed since)."""
+    if shipped.empty:
+        return table, []
+    outcome = [c for c in shipped.columns if c not in IDENTITY and not c.startswith((cfg(""), axis("")))]
+    base = table.drop(columns=[c for c in [*outcome, "dir"] if c in table.columns])
+    out = base.merge(shipped[["run_id", *outcome]], on="run_id", how="left")
+    out["status"] = out["status"].fillna(str(Status.MISSING))
+    return out, sorted(set(shipped["run_id"]) - set(table["run_id"]))
+
+
 def ship(out: str | Path, grids: Mapping[str, Any], scale: str) -> None:
-    """Writes per grid ``<grid>/results.csv`` (:data:`KEEP` and the axes) and ``grids.json``."""
+    """Writes per grid ``<grid>/results.csv`` (:data:`KEEP`, the axes, the config but its paths,
+    a task's scalars) and ``grids.json``."""
     out = Path(out)
     entries = []
     for name, g in grids.items():
@@ -183,10 +203,12 @@ def ship(out: str | Path, grids: Mapping[str, Any], scale: str) -> None:
         if g.table.empty:
             continue
         axes = [axis(a) for a in g.axes]
+        # The whole resolved config (a carried grid's claims read it), but not a path.
+        config = [c for c in g.table.columns if c.startswith(cfg("")) and c not in map(cfg, PATH_KEYS)]
         # Also a task's own result scalars (signal_var_last, ...): numbers cannot be a path.
         scalars = [c for c in g.table.columns if not c.startswith((cfg(""), axis(""))) and c not in DROP
                    and (pd.api.types.is_numeric_dtype(g.table[c]) or pd.api.types.is_bool_dtype(g.table[c]))]
-        keep = [c for c in dict.fromkeys(KEEP[:5] + axes + KEEP[5:] + scalars) if c in g.table.columns]
+        keep = [c for c in dict.fromkeys(KEEP[:5] + axes + KEEP[5:] + config + scalars) if c in g.table.columns]
         (out / name).mkdir(parents=True, exist_ok=True)
         g.table[keep].to_csv(out / name / "results.csv", index=False)
     (out / MANIFEST).write_text(json.dumps({"scale": scale, "grids": entries}, indent=1) + "\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class GridResults:
     error: str | None = None  # why there is no table (no such scale, bad file)
     axes: list[str] = dataclasses.field(default_factory=list)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    carried: str | None = None  # why its outcomes are the shipped reference's, not its runs'
 
     @property
     def finished(self) -> bool:
@@ -173,15 +175,26 @@ def _grid_figure(g: GridResults, scale: str, tables: dict[str, pd.DataFrame], ou
 def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path = "reports",
           grids_dir: str | Path = "ablations", signal_models: tuple[str, ...] | None = ("nf-resnet-50", "resnet-50"),
           signal_resolution: int = 64, structure: pd.DataFrame | None = None,
-          reference: str | Path | None = None, ship: bool = False) -> Path:
+          reference: str | Path | None = None, ship: bool = False,
+          only: Collection[str] | None = None) -> Path:
     """Writes the report for ``scale`` into ``out``; returns the path of index.html. ``reference``:
     a shipped reference directory to compare the cells with (``reference.csv``); ``ship``: write
-    ``out`` as a reference (its per-grid results, no machine paths)."""
+    ``out`` as a reference (its per-grid results, no machine paths). ``only`` (with ``ship``):
+    the grids rebuilt from ``runs_dir``; every other grid keeps the outcomes and training-curve
+    figure already shipped in ``out``, marked as carried over (one grid rerun updates its part)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in (out / "figures").glob("*.[ps][nv]g"):  # a grid with no curves now leaves none behind
-        old.unlink()
     grids = collect(scale, runs_dir, grids_dir)
+    kept: set[str] = set()
+    if only is not None:
+        if not ship:
+            raise ValueError("only: rebuilding part of a reference needs ship")
+        if unknown := sorted(set(only) - set(grids)):
+            raise ValueError(f"only: unknown grid {unknown[0]!r}; valid: {', '.join(grids)}")
+        kept = _carry(grids, set(grids) - set(only), out)
+    for old in (out / "figures").glob("*.[ps][nv]g"):  # a grid with no curves now leaves none behind
+        if old.stem not in {f"curves_{k}" for k in kept}:
+            old.unlink()
     tables = {k: g.table for k, g in grids.items()}
     best = {k: g.best for k, g in grids.items()}
 
@@ -204,7 +217,11 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
                 _grid_figure(g, scale, tables, out))
     curve_figs = []
     for name, g in grids.items():
-        if g.finished and (column(g.table, cfg("task"), "train").fillna("train") == "train").any():
+        if name in kept:
+            if (out / "figures" / f"curves_{name}.png").exists():
+                curve_figs.append((f"figures/curves_{name}.png", f"Grid {name}: training curves, one line per "
+                                   f"run ({g.carried})."))
+        elif g.finished and (column(g.table, cfg("task"), "train").fillna("train") == "train").any():
             fig, note = _draw(f"Training curves: {name}", curves.curves, g.table, g.axes,
                               f"Training curves: {name} ({scale})")
             if fig is not None:
@@ -230,6 +247,23 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
         reference_lib.scrub(out, {str(Path(p).resolve()): str(_shown(p)) for p in (runs_dir, grids_dir)}
                             | {str(Path.cwd()) + "/": "", str(Path.home()): "~"})
     return index
+
+
+def _carry(grids: dict[str, GridResults], names: set[str], ref: Path) -> set[str]:
+    """Gives the grids ``names`` the outcomes shipped in ``ref`` (see
+    :func:`study.analysis.reference.carry`); returns those that had any to keep."""
+    kept = set()
+    for name in sorted(names):
+        g, shipped = grids[name], reference_lib.read_results(ref, name)
+        if g.error or shipped.empty or not column(shipped, "status", "").isin(list(FINISHED)).any():
+            continue  # nothing finished was shipped: there is nothing to keep
+        g.table, stale = reference_lib.carry(g.table, shipped)
+        commits = sorted({str(c)[:10] for c in column(g.table, "commit", None).dropna()})
+        g.carried = (f"carried over from the shipped reference, not rerun in this report (run commits "
+                     f"{', '.join(commits) or 'unknown'})"
+                     + (f"; {len(stale)} shipped runs are no longer in the grid file" if stale else ""))
+        kept.add(name)
+    return kept
 
 
 def _shown(path: str | Path) -> Path:
