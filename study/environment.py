@@ -1,5 +1,6 @@
 """What a run records about where it ran: exact package versions, git commit and dirty flag,
-device kind and count, processes, host, CPU affinity, XLA flags (``environment.json``)."""
+device kind and count, processes, host, CPU model and vector ISA, CPU affinity, XLA flags
+(``environment.json``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,31 @@ def git_info(repo: Path | None = None) -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
+# Widest first: XLA's CPU backend compiles for the host's vector ISA, so two CPUs that differ
+# here can round differently and a rerun need not match a reference to the last bit.
+ISA_LEVELS = ("avx512f", "avx2", "avx", "sse4_2", "asimd", "neon")
+
+
+def cpu(cpuinfo: str | None = None) -> str:
+    """The CPU as a rerun's provenance needs it: model name, family/model and the widest vector
+    ISA, e.g. ``AMD EPYC (family 25 model 17, avx512f)``, from ``cpuinfo`` (default: this
+    machine's /proc/cpuinfo; ``platform.processor()`` where there is none)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())  # the first processor's
+    name = info.get("model name") or info.get("Hardware") or info.get("CPU implementer", platform.machine())
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = next((f for f in ISA_LEVELS if f in flags), "")
+    ident = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
+    extra = ", ".join(ident + ([isa] if isa else []))
+    return f"{name} ({extra})" if extra else name
+
+
 def environment() -> dict[str, Any]:
     import jax
 
@@ -50,6 +76,7 @@ def environment() -> dict[str, Any]:
         "local_device_count": jax.local_device_count(),
         "process_count": jax.process_count(),
         "host": socket.gethostname(),
+        "cpu": cpu(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "machine": platform.machine(),

@@ -287,3 +287,17 @@ def test_only_is_checked_before_anything_is_written(shipped, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'nosuch'" in err and "mini" in err
     assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_on_another_cpu_says_so(shipped, tmp_path):
+    ref = tmp_path / "ref"
+    shutil.copytree(shipped["ref"], ref)
+    table = pd.read_csv(ref / "mini" / "results.csv")
+    table.assign(cpu="AMD EPYC (family 23 model 49, avx2)").to_csv(ref / "mini" / "results.csv", index=False)
+    grids = report.collect("smoke", shipped["runs"], shipped["grids"])
+    assert reference.cpus_note(grids, shipped["ref"]) == ""  # neither side names its CPU
+    grids["mini"].table["cpu"] = "AMD EPYC (family 25 model 17, avx512f)"
+    note = reference.cpus_note(grids, ref)
+    assert "ran on AMD EPYC (family 23 model 49, avx2), this rerun on AMD EPYC (family 25 model 17, avx512f)" in note
+    grids["mini"].table["cpu"] = "AMD EPYC (family 23 model 49, avx2)"
+    assert reference.cpus_note(grids, ref) == ""

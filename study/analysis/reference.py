@@ -39,7 +39,7 @@ MANIFEST = "grids.json"
 KEEP = ["grid", "scale", "run_id", "label", "status", cfg("seed"), cfg("model"), cfg("dataset"),
         cfg("num_classes"), cfg("task"), cfg("batch_size"), "top1", "top5", "ema_top1", "final_loss",
         "steps", "step_time_ms", "compile_s", "top1_tail_gain", "wall_s", "latency_ms", "images_per_s",
-        "batch", "resolution", "dtype", "params", "macs", "device_kind", "device_count", "jax", "commit",
+        "batch", "resolution", "dtype", "params", "macs", "device_kind", "cpu", "device_count", "jax", "commit",
         "dirty"]
 DROP = {"pid"}  # a number, but of a process on this machine
 # What identifies a run in a grid; the rest of a shipped row is its outcome (:func:`carry`).
@@ -168,6 +168,22 @@ def summary(df: pd.DataFrame, ref_dir: str | Path, scale: str | None = None) -> 
     if scale and ref_scale and ref_scale != scale:
         text += f"; the reference is scale {ref_scale!r}, this report {scale!r}"
     return text + "."
+
+
+def cpus_note(grids: Mapping[str, GridLike], ref_dir: str | Path) -> str:
+    """A sentence when the rerun's training runs ran on other CPUs than the reference's (XLA
+    compiles for the host's vector ISA, so bits, and an unstable run's fate, can differ); ""
+    when they are the same or either side does not say."""
+    def seen(tables: list[pd.DataFrame]) -> set[str]:
+        return {str(c) for t in tables if trains(t) for c in column(t, "cpu", None).dropna()}
+
+    new = seen([g.table for g in grids.values()])
+    old = seen([read_results(ref_dir, name) for name in grids])
+    if not new or not old or new == old:
+        return ""
+    return (f" The reference ran on {'; '.join(sorted(old))}, this rerun on {'; '.join(sorted(new))}: XLA "
+            "compiles for each CPU's vector ISA, so a cell can move in its last bits and an unstable run "
+            "can go another way.")
 
 
 def default_dir(scale: str, out: str | Path, root: str | Path = "reports") -> Path | None:

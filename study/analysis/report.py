@@ -208,7 +208,7 @@ def build(scale: str = "local", runs_dir: str | Path = "runs", out: str | Path =
     if reference is not None:
         diff = reference_lib.compare(grids, reference)
         diff.to_csv(out / "reference.csv", index=False)
-        ref = (diff, reference_lib.summary(diff, reference, scale))
+        ref = (diff, reference_lib.summary(diff, reference, scale) + reference_lib.cpus_note(grids, reference))
 
     sections: dict[str, list[tuple[str, str]]] = {}  # section -> [(png, caption)]
     for g in grids.values():

@@ -56,7 +56,8 @@ class Row:
                     if k != "status" and not isinstance(v, (dict, list))})
         env = self.environment
         if env:
-            out.update({"device_kind": env.get("device_kind"), "device_count": env.get("device_count"),
+            out.update({"device_kind": env.get("device_kind"), "cpu": env.get("cpu"),
+                        "device_count": env.get("device_count"),
                         "jax": env.get("packages", {}).get("jax"),
                         "commit": env.get("git", {}).get("commit"), "dirty": env.get("git", {}).get("dirty")})
         if self.params is not None:
