@@ -351,3 +351,14 @@ def test_slurm_array_task_ids_are_expanded():
     assert slurm._task_ids("12", "1,4") == ["12_1", "12_4"]
     assert slurm._task_ids("12", "5") == ["12_5"]
     assert slurm.job_states([]) == {}
+
+
+def test_a_scale_overrides_aggregate(tmp_path):
+    """depth.yaml asks for the paper's best 4 of 5 seeds; its one-seed smoke scale turns it off."""
+    text = (GOOD.replace("seeds: [0]", "seeds: [0, 1, 2, 3, 4]\naggregate: {best: 4}")
+            .replace("  smoke: {}", "  smoke: {seeds: [0], aggregate: {}}"))
+    path = write(tmp_path, text)
+    assert grid.load(path, "local").aggregate.get("best") == 4
+    assert not grid.load(path, "smoke").aggregate.get("best")
+    with pytest.raises(grid.GridError, match="aggregate.best"):
+        grid.load(write(tmp_path, text.replace("aggregate: {}", "aggregate: {best: 2}")), "smoke")

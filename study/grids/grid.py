@@ -14,7 +14,7 @@ outcome the paper reports, then::
     aggregate: {best: 4}                     # report the mean of the best 4 of 5 seeds
     budget: epochs                           # epochs (the paper's) | steps (see BUDGETS)
     scales:                                  # smoke | local | paper overrides
-      smoke: {base: {...}, seeds: [0], axes: {batch_size: [32, 64]}}
+      smoke: {base: {...}, seeds: [0], aggregate: {}, axes: {batch_size: [32, 64]}}
     report:                                  # what the grid feeds in ``study report``
       order: 2                               # its place in the report (then by name)
       section: "Figure 2: adaptive gradient clipping"
@@ -43,7 +43,7 @@ from study.record import RunRecord
 SCALES = ("smoke", "local", "paper")
 TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report", "budget"}
 BLOCK_KEYS = {"set", "axes", "zip", "label", "seeds"}
-SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget"}
+SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget", "aggregate"}
 # How long each batch size trains. ``epochs``: the paper's protocol, the same epochs (so a
 # larger batch takes fewer optimizer steps). ``steps``: every run takes the optimizer steps
 # (and warmup steps) that the grid's smallest batch takes in its epochs, so a large batch that
@@ -290,7 +290,7 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     if not isinstance(blocks, list) or not blocks:
         raise GridError(f"{path}: blocks: expected a non-empty list of blocks")
     report = _report(spec.get("report"), f"{path}: report")
-    aggregate = _mapping(spec.get("aggregate"), f"{path}: aggregate")
+    aggregate = _mapping(over.get("aggregate", spec.get("aggregate")), f"{path}: aggregate")
     best = aggregate.get("best")
     if best is not None and not (isinstance(best, int) and 1 <= best <= len(seeds)):
         raise GridError(f"{path}: aggregate.best: expected an integer in 1..{len(seeds)}, got {best!r}")
