@@ -90,7 +90,7 @@ def test_seeds_mean_interval_best_4_of_5_and_too_few_seeds_inconclusive():
     assert row["mean"] == pytest.approx(np.mean(seeds))  # verdicts use every seed ...
     assert row["best_mean"] == pytest.approx(np.mean(seeds[:4]))  # ... the paper's best 4 of 5 is shown
     assert row["lo"] < row["mean"] < row["hi"] and row["lo"] >= min(seeds) and row["hi"] <= max(seeds)
-    assert f"0.592 [{row['lo']:.3f}, {row['hi']:.3f}] (n=5; best 4 of 5: 0.715)" in aggregate.fmt(row)
+    assert f"0.592 [{row['lo']:.3f}, {row['hi']:.3f}] (n=5; best 4 of 5: 0.715; 1 collapsed to chance)" in aggregate.fmt(row)
     # 2 of 5 seeds finished: the grid asks for the best 4, so the claim cannot be judged yet.
     few = {**STABLE, ("nf-resnet", True, 4096): [0.7, 0.71, "missing", "running", "failed"]}
     v = verdicts({"agc": agc_table(few)}, {"agc": 4})
@@ -185,12 +185,20 @@ def test_lambda_claim_pass_and_fail():
     assert v["larger_batches_need_smaller_lambda"][0] == "FAIL"
 
 
+def layer_table(values: dict, gain: dict | None = None) -> pd.DataFrame:
+    """Layer-ablation rows from {excluded globs: top1 | None (diverged) | [per-seed top1]};
+    ``gain`` gives a cell's ``top1_tail_gain`` (how much its runs rose over their last quarter)."""
+    rows = []
+    for i, (ex, v) in enumerate(values.items()):
+        seeds = v if isinstance(v, list) else [None if v is None else v + n for n in NOISE]
+        rows += [{"label": "clipped", "run_id": f"r{i}-s{s}", "status": "diverged" if t is None else "done",
+                  "cfg.agc_exclude": str(list(ex)), "top1": t, "cfg.dataset": "fashion_mnist",
+                  "top1_tail_gain": (gain or {}).get(ex, 0.0)} for s, t in enumerate(seeds)]
+    return pd.DataFrame(rows)
+
+
 def test_layer_claims():
-    def table(values):
-        return pd.DataFrame([{"label": "clipped", "run_id": f"r{i}-s{s}", "status": "diverged" if v is None else "done",
-                              "cfg.agc_exclude": str(list(ex)), "top1": None if v is None else v + NOISE[s],
-                              "cfg.dataset": "fashion_mnist"}
-                             for i, (ex, v) in enumerate(values.items()) for s in range(3)])
+    table = layer_table
     good = {(): 0.70, ("head/kernel",): 0.75, ("head/kernel", "stem/*"): 0.749,
             ("head/kernel", "stages/0/*"): None, ("head/kernel", "stages/3/*"): 0.60}
     v = verdicts({"agc-layers": table(good)})
@@ -202,6 +210,35 @@ def test_layer_claims():
     assert v["not_clipping_classifier_is_better"][0] == "INCONCLUSIVE"
     worse = {**good, ("head/kernel", "stages/3/*"): 0.80}  # a stage left unclipped did fine
     assert verdicts({"agc-layers": table(worse)})["every_stage_must_be_clipped"][0] == "FAIL"
+
+
+def test_a_classifier_benefit_inside_one_point_either_way_is_absent():
+    """Equivalence: the claimed benefit of an unclipped classifier fails when the whole interval of
+    the difference lies within ±1 pp (NEGLIGIBLE); a wider interval around 0 stays undecided."""
+    base = {(): [0.700, 0.702, 0.704, 0.701, 0.703], ("head/kernel", "stages/0/*"): None}
+    same = {**base, ("head/kernel",): [0.701, 0.703, 0.702, 0.700, 0.704]}
+    verdict, evidence = verdicts({"agc-layers": layer_table(same)})["not_clipping_classifier_is_better"]
+    assert verdict == "FAIL" and "Δ +0.000" in evidence
+    wide = {**base, (): [0.69, 0.70, 0.71], ("head/kernel",): [0.685, 0.705, 0.72]}
+    assert verdicts({"agc-layers": layer_table(wide)})["not_clipping_classifier_is_better"][0] == "INCONCLUSIVE"
+
+
+def test_a_seed_collapsed_to_chance_is_unstable_even_beside_a_run_still_learning():
+    """A finished run at chance (it predicts one class) is a collapse more training cannot undo: it
+    fails "the stem can go unclipped" although the stem's other seeds were still rising, which
+    alone would void an accuracy comparison."""
+    cells = {(): 0.70, ("head/kernel",): 0.75, ("head/kernel", "stages/0/*"): None}
+    stem = {**cells, ("head/kernel", "stem/*"): [0.74, 0.75, 0.10]}
+    verdict, evidence = verdicts({"agc-layers": layer_table(stem, gain={("head/kernel", "stem/*"): 0.03})})[
+        "first_conv_can_go_unclipped"]
+    assert verdict == "FAIL" and "1 collapsed to chance" in evidence
+    rising = {**cells, ("head/kernel", "stem/*"): 0.60}  # below, but still learning: void
+    assert verdicts({"agc-layers": layer_table(rising, gain={("head/kernel", "stem/*"): 0.03})})[
+        "first_conv_can_go_unclipped"][0] == "INVALID"
+    # A stage cell with a collapsed seed is unstable too, without reading its accuracy.
+    stage = {**cells, ("head/kernel", "stem/*"): 0.75, ("head/kernel", "stages/3/*"): [0.80, 0.81, 0.10]}
+    assert verdicts({"agc-layers": layer_table(stage, gain={("head/kernel", "stages/3/*"): 0.03})})[
+        "every_stage_must_be_clipped"][0] == "PASS"
 
 
 # --- comparison ---------------------------------------------------------------------------------

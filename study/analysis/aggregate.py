@@ -20,6 +20,10 @@ from study.analysis.columns import cfg
 from study.config import DATASET_CLASSES
 from study.status import FINISHED  # the one owner of the status vocabulary
 
+# A top-1 within this of chance did not train: a cell's mean (a reference that never learned) or
+# one finished run's (a collapse: it ran every step without a NaN, yet ended predicting one class).
+TRAINED = 0.05
+
 
 
 def column(df: pd.DataFrame, name: str, default: Any = np.nan) -> pd.Series:
@@ -54,13 +58,14 @@ def with_score(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, by: list[str], best: int | None = None) -> pd.DataFrame:
-    """One row per cell of ``by``: n_runs, n_finished, n_diverged, n_used, mean, std, lo and hi
+    """One row per cell of ``by``: n_runs, n_finished, n_diverged, n_collapsed (finished runs
+    within ``TRAINED`` of chance without diverging), n_used, mean, std, lo and hi
     (the 95% bootstrap interval of the mean, from 2 seeds on), best_mean (the mean of the best
     ``best`` seeds, the paper's protocol, when the grid asks for it), scores, run_ids, unfinished.
     """
     from study.analysis import intervals
 
-    cols = ["n_runs", "n_finished", "n_diverged", "n_used", "mean", "std", "lo", "hi", "best_mean",
+    cols = ["n_runs", "n_finished", "n_diverged", "n_collapsed", "n_used", "mean", "std", "lo", "hi", "best_mean",
             "best_k", "scores", "run_ids", "unfinished"]
     df = with_score(df)
     if df.empty:
@@ -79,7 +84,9 @@ def summarize(df: pd.DataFrame, by: list[str], best: int | None = None) -> pd.Da
         rows.append({
             **dict(zip(by, key)),
             "n_runs": len(cell), "n_finished": len(done),
-            "n_diverged": int((done["status"] == "diverged").sum()), "n_used": len(done),
+            "n_diverged": int((done["status"] == "diverged").sum()),
+            "n_collapsed": int(((done["status"] == "done") & (done["score"] <= chance(done) + TRAINED)).sum()),
+            "n_used": len(done),
             "mean": float(np.mean(scores)) if scores else np.nan,
             "std": float(np.std(scores)) if len(scores) > 1 else np.nan,
             "lo": ci.lo if ci else np.nan, "hi": ci.hi if ci else np.nan,
@@ -111,6 +118,8 @@ def fmt(row: pd.Series) -> str:
         extra += f"; best {int(row['best_k'])} of {row['n_used']}: {row['best_mean']:.3f}"
     if row["n_diverged"]:
         extra += f"; {row['n_diverged']} diverged"
+    if row.get("n_collapsed", 0):
+        extra += f"; {row['n_collapsed']} collapsed to chance"
     if row["n_finished"] < row["n_runs"]:
         extra += f"; {row['n_runs'] - row['n_finished']} unfinished"
     return f"{text} ({extra}) [{row['run_ids']}]"

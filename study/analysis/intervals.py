@@ -36,6 +36,10 @@ class Interval:
     def below_zero(self) -> bool:
         return self.hi < 0
 
+    def within(self, margin: float) -> bool:
+        """The whole interval inside ±margin: no difference that large either way (equivalence)."""
+        return -margin < self.lo and self.hi < margin
+
 
 def _bootstrap(data: tuple, statistic) -> tuple[float, float]:
     with warnings.catch_warnings():  # identical seeds: a zero-width interval, which is right

@@ -4,7 +4,8 @@ the registry of claims (:mod:`study.analysis.claims` holds the claims themselves
 - PASS / FAIL: every cell the claim compares has at least ``MIN_SEEDS`` finished seeds, and the
   bootstrap interval of each difference the claim needs (:mod:`study.analysis.intervals`)
   decides it: "A below B" holds when the interval of mean(A) − mean(B) lies below 0;
-- INCONCLUSIVE: a cell has too few finished seeds, or an interval the claim needs includes 0;
+- INCONCLUSIVE: a cell has too few finished seeds, or an interval the claim needs includes 0 (a
+  claimed benefit whose interval lies within ±``NEGLIGIBLE`` is a FAIL: it is absent here);
 - INVALID: the comparison itself is void: a reference cell did not train (within ``TRAINED`` of
   chance without diverging, or more than ``REFERENCE_SPREAD`` below its own best batch size), or
   a run whose accuracy the verdict compares was still learning at its end (test top-1 up by more
@@ -20,12 +21,11 @@ from collections.abc import Callable, Mapping
 import pandas as pd
 
 from study.analysis import intervals
-from study.analysis.aggregate import chance, column, complete, fmt, summarize
+from study.analysis.aggregate import TRAINED, chance, column, complete, fmt, summarize
 
 PASS, FAIL, INCONCLUSIVE, INVALID = "PASS", "FAIL", "INCONCLUSIVE", "INVALID"
 VERDICTS = (PASS, FAIL, INCONCLUSIVE, INVALID)
 MIN_SEEDS = 3  # finished seeds per compared cell before anything is decided
-TRAINED = 0.05  # a cell whose mean top-1 is within 5 pp of chance did not train
 # A run whose test top-1 rose more than this over its last quarter had not reached its plateau: half
 # the 3 pp the local protocol allows the BN reference between batch sizes. Under a cosine decay to 0
 # the last quarter holds 2.5% of the schedule's learning rate, so a converged run gains < 1 pp there.
@@ -33,6 +33,9 @@ STILL_LEARNING = 0.015
 # The BN reference must train at every batch size it is compared at: its mean within this of its
 # best batch size's (issue 14's protocol; the paper's BN-ResNet-50 spans ~1 pp over 256..4096).
 REFERENCE_SPREAD = 0.03
+# A benefit smaller than this is none at the local scale: "little benefit" is a mean under it, and a
+# claimed benefit whose whole 95% interval lies within ±NEGLIGIBLE is absent (an equivalence test).
+NEGLIGIBLE = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,11 @@ def num(df: pd.DataFrame, key: str) -> pd.Series:
 
 def labelled(df: pd.DataFrame, label: str) -> pd.Series:
     return column(df, "label", "").astype(str) == label
+
+
+def unstable(row: pd.Series) -> bool:
+    """A seed diverged or collapsed to chance: a result more training cannot undo."""
+    return bool(row["n_diverged"] or row["n_collapsed"])
 
 
 def stable(row: pd.Series, df: pd.DataFrame) -> bool:
