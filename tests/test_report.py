@@ -216,3 +216,20 @@ def test_a_report_block_naming_an_unknown_drawer_or_claim_is_reported_by_name(tm
     (grids / "depth.yaml").write_text(base.replace("claims: [deeper_nfnet_is_more_accurate]", "claims: [no_such_claim]"))
     got = report.collect("smoke", tmp_path / "runs", grids)["depth"]
     assert "report.claims: unknown claim 'no_such_claim'" in got.error
+
+
+def test_a_fresh_results_table_written_from_another_directory_finds_its_runs(tmp_path, monkeypatch):
+    """``study results`` stores each run's directory as its caller saw it (``runs/...``, relative);
+    a report built from elsewhere (``--runs-dir /abs/runs``) re-anchors it on its own root, or its
+    training curves silently found no metrics."""
+    from study.analysis import results
+
+    fake_runs(tmp_path / "runs", outcome)
+    g = grid.load(GRIDS / "agc.yaml", "smoke", check_paths=False)
+    monkeypatch.chdir(tmp_path)
+    results.write(g, "runs")  # relative, as `make ablation-agc` writes it
+    assert pd.read_parquet(tmp_path / "runs/agc/smoke/results.parquet")["dir"].str.startswith("runs/").all()
+    monkeypatch.chdir(tmp_path.parent)
+    df = report._fresh_parquet(g, tmp_path / "runs")
+    assert df is not None and len(df) == len(g.runs)
+    assert all((Path(d) / "metrics.jsonl").exists() for d in df["dir"])

@@ -61,9 +61,15 @@ def _fresh_parquet(grid, root: Path) -> pd.DataFrame | None:
     if pq.stat().st_mtime < newest or any(rec.dir.exists() and m is None for rec, m in zip(records, times)):
         return None
     try:
-        return pd.read_parquet(pq)
+        df = pd.read_parquet(pq)
     except (OSError, ValueError):
         return None
+    # ``dir`` is as the writer saw it (relative to its working directory): re-anchor it on this root,
+    # or a report made from elsewhere (``--runs-dir /abs/runs``) finds no metrics for its curves.
+    dirs = {r.run_id: str(rec.dir) for r, rec in zip(grid.runs, records)}
+    if "dir" in df.columns and "run_id" in df.columns:
+        df["dir"] = df["run_id"].map(dirs).fillna(df["dir"])
+    return df
 
 
 def _hashable(df: pd.DataFrame) -> pd.DataFrame:
