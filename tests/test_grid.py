@@ -362,3 +362,29 @@ def test_a_scale_overrides_aggregate(tmp_path):
     assert not grid.load(path, "smoke").aggregate.get("best")
     with pytest.raises(grid.GridError, match="aggregate.best"):
         grid.load(write(tmp_path, text.replace("aggregate: {}", "aggregate: {best: 2}")), "smoke")
+
+
+def test_a_scale_states_its_runs_memory_and_the_local_launch_fits_it(tmp_path, monkeypatch):
+    """variants' F6 and F7 each compile in 11-14 GB: two at once were killed for memory on a 23.5 GB
+    machine. A scale's ``mem_gb`` caps the parallel local runs by the available memory."""
+    from study.grids import launch
+
+    text = GOOD.replace("  local: {base: {steps: 5}}", "  local: {base: {steps: 5}, mem_gb: 16}")
+    path = write(tmp_path, text)
+    assert grid.load(path, "local").mem_gb == 16 and grid.load(path, "smoke").mem_gb is None
+    monkeypatch.setattr(launch, "_cores", lambda: 2)
+    monkeypatch.setattr(launch.os, "sysconf", lambda name: 2**30 if name == "SC_PAGE_SIZE" else 21)  # 21 GiB free
+    assert launch.parallelism(5) == 2 and launch.parallelism(5, 16) == 1
+    class Launched(Exception):
+        pass
+
+    def pool(todo, root, jobs, *_):  # stands in for the pool: records how many runs at once
+        raise Launched(jobs)
+
+    monkeypatch.setattr(launch, "_Pool", pool)
+    with pytest.raises(Launched) as launched:
+        launch.run_local(grid.load(path, "local"), tmp_path / "runs", log=lambda *_: None)
+    assert launched.value.args == (1,)
+    for bad in ("0", "-2", "true", "lots"):
+        with pytest.raises(grid.GridError, match="scales.local.mem_gb"):
+            grid.load(write(tmp_path, text.replace("mem_gb: 16", f"mem_gb: {bad}")), "local")

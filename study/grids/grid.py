@@ -15,6 +15,7 @@ outcome the paper reports, then::
     budget: epochs                           # epochs (the paper's) | steps (see BUDGETS)
     scales:                                  # smoke | local | paper overrides
       smoke: {base: {...}, seeds: [0], aggregate: {}, axes: {batch_size: [32, 64]}}
+      local: {mem_gb: 16}                    # one run's peak memory: fewer parallel local runs
     report:                                  # what the grid feeds in ``study report``
       order: 2                               # its place in the report (then by name)
       section: "Figure 2: adaptive gradient clipping"
@@ -43,7 +44,7 @@ from study.record import RunRecord
 SCALES = ("smoke", "local", "paper")
 TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report", "budget"}
 BLOCK_KEYS = {"set", "axes", "zip", "label", "seeds"}
-SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget", "aggregate"}
+SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget", "aggregate", "mem_gb"}
 # How long each batch size trains. ``epochs``: the paper's protocol, the same epochs (so a
 # larger batch takes fewer optimizer steps). ``steps``: every run takes the optimizer steps
 # (and warmup steps) that the grid's smallest batch takes in its epochs, so a large batch that
@@ -87,6 +88,7 @@ class Grid:
     aggregate: dict[str, Any]
     header: str
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    mem_gb: float | None = None  # peak memory of one run at this scale, when the file states it
 
     @property
     def axes(self) -> list[str]:
@@ -304,7 +306,10 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     budget = over.get("budget", spec.get("budget", "epochs"))
     if budget not in BUDGETS:
         raise GridError(f"{path}: budget: unknown {budget!r}; valid: {', '.join(BUDGETS)}")
+    mem_gb = over.get("mem_gb")
+    if mem_gb is not None and (isinstance(mem_gb, bool) or not isinstance(mem_gb, (int, float)) or mem_gb <= 0):
+        raise GridError(f"{path}: scales.{scale}.mem_gb: expected a number of GiB > 0, got {mem_gb!r}")
     runs = _expand(name, scale, shapes, base, seeds, check_paths)
     if budget == "steps":
         runs = _step_budget(runs, path, check_paths)
-    return Grid(name, path, scale, runs, aggregate, _header(text), report)
+    return Grid(name, path, scale, runs, aggregate, _header(text), report, mem_gb)

@@ -74,6 +74,8 @@ def core_slots(jobs: int) -> list[set[int]] | None:
 
 
 def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
+    """Runs at once: at most one per core, and as many as the available memory holds at
+    ``mem_per_run_gb`` each (a grid file's ``mem_gb``, for models whose compile needs more)."""
     cores = _cores()
     try:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
@@ -257,7 +259,7 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, retries:
     if not todo:
         log(f"{grid.name}/{grid.scale}: all {len(grid.runs)} runs finished or running; nothing to train")
         return {"trained": 0, "skipped": skipped, "failed_runs": [], "interrupted": False}
-    jobs = jobs or parallelism(len(todo))
+    jobs = jobs or parallelism(len(todo), *([grid.mem_gb] if grid.mem_gb else []))
     log(f"{grid.name}/{grid.scale}: {len(todo)} to train ({skipped} finished), {jobs} at a time")
     pool = _Pool(todo, root, jobs, retries, GridProgress(len(todo), f"{grid.name}/{grid.scale}", log))
     pool.measured = measured_on_disk(grid, root)
