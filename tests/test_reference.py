@@ -208,7 +208,7 @@ def test_readme_block_is_replaced_idempotently(shipped, tmp_path, capsys):
     assert "old table" not in text and text.startswith("# title\n") and text.endswith("## Report\n\nkept\n")
     block = text[text.index(readme.BEGIN):text.index(readme.END)]
     assert block.index("**lat**") < block.index("**mini**") < block.index("**sig**") < block.index("**Claims**")
-    assert "| block | agc | batch_size | model | top-1 (mean ± ½ 95% CI) | seeds | diverged |" in block
+    assert "| block | agc | batch_size | model | top-1 (mean ± ½ 95% CI) | seeds | diverged | collapsed to chance |" in block
     assert "| nf-resnet | True | 32 |  | 0.60" in block and " ± 0.00" in block
     assert "| agc_stable_at_largest_batch | mini |" in block
     assert "| block | model.depth | seed | latency_ms | device |" in block and "| nfnet | 1 | 0 | 6 | cpu |" in block

@@ -48,9 +48,9 @@ def _top1(r: pd.Series) -> str:
 def _training(df: pd.DataFrame, axes: list[str], best: int | None) -> str:
     s = reference.cells(df, axes, best)
     names = [a for a in axes if a != "seed"]
-    rows = [[r["label"], *(r[axis(a)] for a in names), _top1(r), r["n_finished"], r["n_diverged"]]
-            for _, r in s.iterrows()]
-    return _table(["block", *names, "top-1 (mean ± ½ 95% CI)", "seeds", "diverged"], rows)
+    rows = [[r["label"], *(r[axis(a)] for a in names), _top1(r), r["n_finished"], r["n_diverged"],
+             r.get("n_collapsed", 0)] for _, r in s.iterrows()]
+    return _table(["block", *names, "top-1 (mean ± ½ 95% CI)", "seeds", "diverged", "collapsed to chance"], rows)
 
 
 def _measured(df: pd.DataFrame, axes: list[str]) -> str:
