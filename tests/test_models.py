@@ -166,21 +166,30 @@ def test_weight_standardization_gradients_equal_the_textbook_formula(style):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("x_shape,k,stride,padding,groups", [
-    ((4, 2, 2, 16), 3, 1, "same", 1),       # patch matmul (2×2 output)
-    ((4, 4, 4, 16), 3, 2, "same", 1),       # patch matmul, stride 2, asymmetric 'same' pads
-    ((4, 3, 3, 8), 3, 2, "symmetric", 1),   # patch matmul, PyTorch padding
-    ((4, 1, 1, 16), 3, 1, "same", 2),       # split groups, each a patch matmul
-    ((4, 6, 6, 12), 3, 1, "same", 3),       # split groups, each an XLA conv
-    ((4, 6, 6, 8), 3, 1, "same", 8),        # depthwise-like: XLA's grouped conv
+@pytest.mark.parametrize("x_shape,k,stride,padding,groups,path", [
+    ((4, 2, 2, 16), 3, 1, "same", 1, "patch"),        # 2×2 output, few images: patch matmul
+    ((4, 4, 4, 16), 3, 2, "same", 1, "patch"),        # stride 2, asymmetric 'same' pads
+    ((4, 3, 3, 8), 3, 2, "symmetric", 1, "patch"),    # PyTorch padding
+    ((64, 4, 4, 8), 3, 2, "same", 1, "map"),          # many images: whole-map matmul
+    ((64, 3, 3, 8), 3, 2, "symmetric", 1, "map"),
+    ((64, 2, 2, 4), 3, 1, "same", 1, "map"),          # every output pixel reads padding
+    ((64, 1, 1, 16), 3, 1, "same", 2, "map"),         # split groups, each a whole-map matmul
+    ((2, 2, 2, 16), 3, 1, "same", 2, "patch"),        # split groups, each a patch matmul
+    ((4, 6, 6, 12), 3, 1, "same", 3, "conv"),         # split groups, each an XLA conv
+    ((4, 6, 6, 8), 3, 1, "same", 8, "conv"),          # depthwise-like: XLA's grouped conv
 ])
-def test_cpu_conv_rewrites_equal_xla_convolution(x_shape, k, stride, padding, groups):
-    # ws_conv rewrites slow XLA:CPU conv cases (patch matmul, per-group split): same numbers
-    # and same gradients as the plain grouped convolution.
+def test_cpu_conv_rewrites_equal_xla_convolution(x_shape, k, stride, padding, groups, path, monkeypatch):
+    # ws_conv rewrites slow XLA:CPU conv cases (patch matmul, whole-map matmul, per-group
+    # split): same numbers and same gradients as the plain grouped convolution.
     rng = np.random.default_rng(0)
     cin = x_shape[-1]
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=(k, k, cin // groups, 2 * groups)), jnp.float32)
+    taken = []
+    for name in ("patch", "map"):
+        f = getattr(ws_conv, f"_{name}_matmul")
+        monkeypatch.setattr(ws_conv, f"_{name}_matmul",
+                            lambda *a, f=f, name=name: taken.append(name) or f(*a))
 
     def ref(x, w):
         pads = pool_pads(x.shape, k, stride, padding)[1:3]
@@ -192,6 +201,7 @@ def test_cpu_conv_rewrites_equal_xla_convolution(x_shape, k, stride, padding, gr
         return ws_conv.conv2d(x, w, stride, padding, groups)
 
     np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    assert set(taken) == ({path} if path != "conv" else set())
     for f_ours, f_ref in zip(jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), (0, 1))(x, w),
                              jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), (0, 1))(x, w)):
         np.testing.assert_allclose(f_ours, f_ref, rtol=1e-4, atol=1e-4)

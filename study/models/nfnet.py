@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models.activations import GAMMA
+from study.models import batch_norm
 from study.models.backbone import Backbone
 from study.models.activations import activation as make_activation
 from study.models.layers import Linear, normal_init, StochasticDepth, avg_pool_2x2, max_pool_3x3
@@ -105,21 +106,14 @@ def expected_variances(depths: tuple[int, ...], alpha: float) -> list[float]:
     return out
 
 
-class BatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` with the BN-ResNet's momentum and epsilon, returning the input's dtype.
-
-    ``nnx.BatchNorm`` promotes a bfloat16 input to its float32 parameters' dtype, which would
-    run the rest of a bfloat16 network in float32; statistics are still reduced in float32.
-    """
+class BatchNorm(batch_norm.BatchNorm):
+    """The BN-ResNet's BatchNorm (momentum, epsilon) for the NFNet's "−NF, + BN" variant."""
 
     def __init__(self, ch: int, *, zero: bool = False, rngs: nnx.Rngs):
         super().__init__(
             ch, momentum=ResNetConfig.bn_momentum, epsilon=ResNetConfig.bn_epsilon,
             scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones, rngs=rngs,
         )
-
-    def __call__(self, x: jax.Array, use_running_average: bool | None = None, **kw) -> jax.Array:
-        return super().__call__(x, use_running_average, **kw).astype(x.dtype)
 
 
 def _check_norm(cfg: NFConfig) -> bool:

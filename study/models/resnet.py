@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from study.models.activations import activation as make_activation
+from study.models.batch_norm import BatchNorm
 from study.models.backbone import Backbone
 from study.models.layers import Linear, normal_init, max_pool_3x3
 from study.models.ws_conv import Conv2d
@@ -40,8 +41,8 @@ class ResNetConfig:
     num_classes: int = 1000
 
 
-def _bn(ch: int, cfg: ResNetConfig, rngs: nnx.Rngs, zero: bool = False) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
+def _bn(ch: int, cfg: ResNetConfig, rngs: nnx.Rngs, zero: bool = False) -> BatchNorm:
+    return BatchNorm(
         ch, momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon,
         scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones, rngs=rngs,
     )

@@ -13,10 +13,12 @@ They agree for well-scaled kernels and diverge for small-variance ones (weight d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from study.models import macs
@@ -56,14 +58,48 @@ def _patch_matmul(x: jax.Array, w: jax.Array, stride: int, pads: list[tuple[int,
     return jnp.concatenate(cols, -1) @ w.reshape(kh * kw * ci, co)
 
 
+@functools.cache
+def _taps(h: int, w: int, kh: int, kw: int, stride: int, pads: tuple[tuple[int, int], ...]
+          ) -> np.ndarray:
+    """(output pixel, kernel tap, input pixel) → 1 where the tap reads that pixel, else 0."""
+    ho, wo = (h + sum(pads[0]) - kh) // stride + 1, (w + sum(pads[1]) - kw) // stride + 1
+    t = np.zeros((ho * wo, kh * kw, h * w), np.float32)
+    for p, (oh, ow) in enumerate(np.ndindex(ho, wo)):
+        for k, (i, j) in enumerate(np.ndindex(kh, kw)):
+            r, c = oh * stride + i - pads[0][0], ow * stride + j - pads[1][0]
+            if 0 <= r < h and 0 <= c < w:
+                t[p, k, r * w + c] = 1.0
+    return t
+
+
+def _map_matmul(x: jax.Array, w: jax.Array, stride: int, pads: list[tuple[int, int]]) -> jax.Array:
+    """The same convolution as one matmul from the whole input map to the whole output map.
+
+    The (H·W·I, Ho·Wo·O) matrix holds, for each (input, output) pixel pair, the one kernel tap
+    that connects them or zeros, so padding costs nothing; every entry is a copy of a kernel
+    entry, and its gradient sums the taps back through the same 0/1 tensor."""
+    b, h, wd, ci = x.shape
+    kh, kw, _, co = w.shape
+    taps = _taps(h, wd, kh, kw, stride, tuple(map(tuple, pads)))
+    ho = (h + sum(pads[0]) - kh) // stride + 1
+    wo = taps.shape[0] // ho
+    full = jnp.einsum("pkq,kio->qipo", taps.astype(w.dtype), w.reshape(kh * kw, ci, co))
+    return (x.reshape(b, h * wd * ci) @ full.reshape(h * wd * ci, ho * wo * co)).reshape(b, ho, wo, co)
+
+
 def _dense(x: jax.Array, w: jax.Array, stride: int, pads: list[tuple[int, int]]) -> jax.Array:
     kh = w.shape[0]
-    ho = (x.shape[1] + sum(pads[0]) - kh) // stride + 1
-    wo = (x.shape[2] + sum(pads[1]) - kh) // stride + 1
+    b, h, wd, ci = x.shape
+    ho = (h + sum(pads[0]) - kh) // stride + 1
+    wo = (wd + sum(pads[1]) - kh) // stride + 1
     if kh > 1 and ho * wo <= IM2COL_MAX_PIXELS and jax.default_backend() == "cpu":
         # XLA:CPU's k×k conv on a map of a few pixels (mostly padding) runs at 3-5 GFLOP/s
-        # forward and input-gradient; as a patch matmul, 60: NF-ResNet-50's 3×3 at 2×2 px,
-        # batch 32: 62 ms fwd+bwd as a conv, 12.6 ms as a matmul (BENCHMARKS.md).
+        # forward and input-gradient (NF-ResNet-50's 3×3 at 2×2 px, batch 32: 62 ms fwd+bwd as
+        # a conv, 12.6 ms as a patch matmul). The patch matmul's input gradient (strided pads)
+        # is itself slow on a large batch of thin maps (nano's 4×4×32 → 2×2, batch 1024: 22 ms
+        # against 3.6 ms), where the whole-map matrix, no larger than one batch of inputs, wins.
+        if h * wd * ci * ho * wo * w.shape[-1] <= b * h * wd * ci:
+            return _map_matmul(x, w, stride, pads)
         return _patch_matmul(x, w, stride, pads)
     return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
