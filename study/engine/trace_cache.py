@@ -89,13 +89,24 @@ def cached_jit(fn: Callable, name: str, key: str, *, donate: int | None = None) 
 
     def call(*args: Any) -> Any:
         leaves, in_tree = jax.tree.flatten(args)
-        flat, in_impls = _to_plain(leaves)
-        avals = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in map(jax.numpy.asarray, flat))
-        sig = (in_tree, avals)
-        if sig not in compiled:
-            compiled[sig] = _load_or_export(fn, name, key, args, in_tree, in_impls, avals, where, donate)
-        out_flat, out_tree, out_impls = compiled[sig](flat)
-        return jax.tree.unflatten(out_tree, _from_plain(out_flat, out_impls))
+        # The signature from attributes alone: this runs every step, for every leaf of the
+        # train state (hundreds), so nothing here may cost more than an attribute read.
+        sig = (in_tree, tuple((getattr(x, "shape", None), getattr(x, "dtype", type(x))) for x in leaves))
+        entry = compiled.get(sig)
+        if entry is None:
+            flat, in_impls = _to_plain(leaves)
+            avals = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in map(jax.numpy.asarray, flat))
+            run = _load_or_export(fn, name, key, args, in_tree, in_impls, avals, where, donate)
+            entry = compiled[sig] = (run, [i for i, impl in enumerate(in_impls) if impl is not None])
+        run, key_at = entry
+        if key_at:
+            leaves = list(leaves)
+            for i in key_at:
+                leaves[i] = jax.random.key_data(leaves[i])
+        out_flat, out_tree, out_impls = run(leaves)
+        if any(i is not None for i in out_impls):
+            out_flat = _from_plain(out_flat, out_impls)
+        return jax.tree.unflatten(out_tree, out_flat)
 
     return call
 
