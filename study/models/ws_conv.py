@@ -28,7 +28,7 @@ from study.models.layers import constant_init, normal_init, pool_pads
 WS_EPS = {"deepmind": 1e-4, "timm": 1e-5}
 # Grouped convs with at most this many groups run as one dense conv per group on CPU.
 SPLIT_GROUPS_MAX = 32
-# On CPU, k×k convs whose output map has at most this many pixels run as one patch matmul.
+# On CPU, k×k convs whose output map has at most this many pixels run as one matmul (patch or whole-map).
 IM2COL_MAX_PIXELS = 4
 
 
