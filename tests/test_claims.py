@@ -212,13 +212,20 @@ def test_layer_claims():
     assert verdicts({"agc-layers": table(worse)})["every_stage_must_be_clipped"][0] == "FAIL"
 
 
-def test_a_classifier_benefit_inside_one_point_either_way_is_absent():
-    """Equivalence: the claimed benefit of an unclipped classifier fails when the whole interval of
-    the difference lies within ±1 pp (NEGLIGIBLE); a wider interval around 0 stays undecided."""
+def test_a_classifier_benefit_the_seeds_keep_under_one_point_is_absent():
+    """Non-superiority: the claimed benefit of an unclipped classifier fails when the whole interval
+    of the difference lies below +1 pp (NEGLIGIBLE), about 0 or below it; an interval reaching
+    past +1 pp stays undecided."""
     base = {(): [0.700, 0.702, 0.704, 0.701, 0.703], ("head/kernel", "stages/0/*"): None}
     same = {**base, ("head/kernel",): [0.701, 0.703, 0.702, 0.700, 0.704]}
     verdict, evidence = verdicts({"agc-layers": layer_table(same)})["not_clipping_classifier_is_better"]
     assert verdict == "FAIL" and "Δ +0.000" in evidence
+    # The shipped reference's shape: unclipped 0.6 pp lower, the interval [-0.014, +0.001] reaches
+    # below -1 pp; it still excludes a benefit of 1 pp.
+    lower = {**base, (): [0.8626, 0.8675, 0.8747, 0.8819, 0.8739],
+             ("head/kernel",): [0.8571, 0.8751, 0.8641, 0.8691, 0.8633]}
+    verdict, evidence = verdicts({"agc-layers": layer_table(lower)})["not_clipping_classifier_is_better"]
+    assert verdict == "FAIL" and "Δ -0.006" in evidence, evidence
     wide = {**base, (): [0.69, 0.70, 0.71], ("head/kernel",): [0.685, 0.705, 0.72]}
     assert verdicts({"agc-layers": layer_table(wide)})["not_clipping_classifier_is_better"][0] == "INCONCLUSIVE"
 

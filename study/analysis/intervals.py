@@ -36,9 +36,10 @@ class Interval:
     def below_zero(self) -> bool:
         return self.hi < 0
 
-    def within(self, margin: float) -> bool:
-        """The whole interval inside ±margin: no difference that large either way (equivalence)."""
-        return -margin < self.lo and self.hi < margin
+    def below(self, margin: float) -> bool:
+        """The whole interval under ``margin``: no difference that large upward (non-superiority)."""
+        return self.hi < margin
+
 
 
 def _bootstrap(data: tuple, statistic) -> tuple[float, float]:

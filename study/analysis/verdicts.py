@@ -5,7 +5,7 @@ the registry of claims (:mod:`study.analysis.claims` holds the claims themselves
   bootstrap interval of each difference the claim needs (:mod:`study.analysis.intervals`)
   decides it: "A below B" holds when the interval of mean(A) − mean(B) lies below 0;
 - INCONCLUSIVE: a cell has too few finished seeds, or an interval the claim needs includes 0 (a
-  claimed benefit whose interval lies within ±``NEGLIGIBLE`` is a FAIL: it is absent here);
+  claimed benefit whose interval lies below +``NEGLIGIBLE`` is a FAIL: it is absent here);
 - INVALID: the comparison itself is void: a reference cell did not train (within ``TRAINED`` of
   chance without diverging, or more than ``REFERENCE_SPREAD`` below its own best batch size), or
   a run whose accuracy the verdict compares was still learning at its end (test top-1 up by more
@@ -34,7 +34,7 @@ STILL_LEARNING = 0.015
 # best batch size's (issue 14's protocol; the paper's BN-ResNet-50 spans ~1 pp over 256..4096).
 REFERENCE_SPREAD = 0.03
 # A benefit smaller than this is none at the local scale: "little benefit" is a mean under it, and a
-# claimed benefit whose whole 95% interval lies within ±NEGLIGIBLE is absent (an equivalence test).
+# claimed benefit whose whole 95% interval lies below +NEGLIGIBLE is absent (non-superiority).
 NEGLIGIBLE = 0.01
 
 
