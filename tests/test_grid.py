@@ -49,7 +49,7 @@ def test_zip_product_seeds_and_paper_agc_grid():
     g = grid.load("ablations/agc.yaml", "local")
     assert len(g.runs) == 27  # 3 batch sizes × (AGC, no AGC, BN) × 3 seeds
     nf = [r for r in g.runs if r.label == "nf-resnet"]
-    assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {(256, 1), (1024, 1), (4096, 4)}
+    assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {(256, 1), (1024, 4), (4096, 16)}
     assert {r.config["agc"] for r in nf} == {True, False}
     assert {r.config["seed"] for r in g.runs} == {0, 1, 2}
     assert all(r.config["image_size"] == 14 and r.config["epochs"] == 24 for r in g.runs)
