@@ -62,7 +62,7 @@ def last_rows(path: Path, step: int) -> dict[str, Any]:
         if row.get("kind") == "train":
             out.update({k: v for k, v in row.items() if k not in ("step", "epoch", "kind", "images_per_s")})
         elif row.get("kind") == "eval":
-            out.update(top1=row["top1"], top5=row["top5"], ema_top1=row["ema_top1"], eval_step=step)
+            out.update({k: row[k] for k in ("top1", "top5", "ema_top1") if k in row}, eval_step=step)
     return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "dot"}
+CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "dot,reduce"}
 
 
 def apply(environ: dict[str, str] | os._Environ = os.environ) -> str:

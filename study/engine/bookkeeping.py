@@ -141,13 +141,20 @@ class Books:
                      self.last["loss"], self.last["lr"], self.last["clip_fraction"], ips)
 
     def evaluate(self, step: int, state: dict) -> None:
+        """Top-1 and top-5 of the parameters; the EMA's top-1 only at the last step.
+
+        The EMA is what the run reports at its end; evaluating it every epoch as well doubled the
+        evaluation cost (0.35 s a pass over the 10k Fashion-MNIST test images at 14 px, 8 s of a
+        3-minute local run) for a curve no figure or claim reads.
+        """
         top1, top5 = self.evaluator(state["params"], state["rest"])
-        ema1, _ = self.evaluator(state["ema"], state["rest"])
-        self.metrics.write({"step": step, "epoch": self.epoch(step), "kind": "eval",
-                            "top1": top1, "top5": top5, "ema_top1": ema1})
+        row = {"top1": top1, "top5": top5}
+        if step == self.total:
+            row["ema_top1"], _ = self.evaluator(state["ema"], state["rest"])
+        self.metrics.write({"step": step, "epoch": self.epoch(step), "kind": "eval", **row})
         if self.rec.writable:
-            log.info("eval step %d: top1 %.4f top5 %.4f ema_top1 %.4f", step, top1, top5, ema1)
-        self.last.update(top1=top1, top5=top5, ema_top1=ema1, eval_step=step)
+            log.info("eval step %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        self.last.update(**row, eval_step=step)
 
     def save(self, step: int, state: dict) -> None:
         self.ckpt.save(step, state, self.it, {"step": step, "epoch": self.epoch(step), "last": self.last,
