@@ -1,4 +1,4 @@
-"""XLA:CPU flags this project runs with by default: dots (convolutions included) in YNNPACK.
+"""XLA:CPU flags this project runs with by default: dots (convolutions included) and reductions in YNNPACK.
 
 XLA:CPU's default convolution gradients (the input- and kernel-gradient convolutions) run at a
 quarter of its forward convolution's FLOP/s on this project's shapes. With its YNNPACK library
@@ -8,11 +8,14 @@ fusions on, the same backward pass reaches the forward's rate: measured on a 2-c
 are bit-identical from run to run and across thread counts, but not bit-identical to XLA's
 default path (float32 rounding), so the flags are recorded in every run's environment.json.
 
-Only dots: YNNPACK's elementwise and reduction fusions (``dot,eltwise,reduce``, the default until
-2026-12-05) materialise every broadcast operand at the activation's full shape (ReLU's zero,
-BatchNorm's per-channel scale), and whole train steps ran slower with them. One core, forward +
-backward at batch 256, 14 px: nfnet-nano 116.8 → 72.3 ms, resnet-nano 39.5 → 29.0 ms; the
-trainer's step at batch 1024 (4 × 256): resnet-nano 194 → 122 ms, nf-resnet-nano 96.9 → 90.6 ms.
+Dots and reductions, not elementwise fusions. YNNPACK's elementwise fusions materialise every
+broadcast operand at the activation's full shape (ReLU's zero, BatchNorm's per-channel scale):
+with ``dot,eltwise,reduce`` (the default until 2026-12-05) whole train steps ran slower. One
+core, forward + backward at batch 256, 14 px: nfnet-nano 116.8 → 72.3 ms, resnet-nano 39.5 →
+29.0 ms. Its reduction fusions are what AGC's unit-wise norms and BatchNorm's statistics need:
+without them (``dot``, 1b55284 to 98baa8b) they are XLA's slow column reductions. AGC alone on
+NF-ResNet-50's gradients: 48.1 ms with ``dot``, 10.6 ms with ``dot,reduce``; the trainer's step
+at batch 256 (14 px, one core): nf-resnet-nano 25.0 → 23.1 ms, resnet-nano 30.4 → 25.6 ms.
 
 The flags are set in ``XLA_FLAGS`` when ``study`` is imported, before JAX starts its CPU
 backend; they do nothing on GPU or TPU. A user's own setting of the same flag wins, and

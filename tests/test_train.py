@@ -86,6 +86,32 @@ def test_accumulation_4x64_equals_1x256():
         np.testing.assert_allclose(p4, p1, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["nf-resnet-nano", "resnet-nano"])
+def test_train_state_is_plain_arrays_and_the_graph_rebuilds_the_module(name):
+    model = models.create(name, rngs=nnx.Rngs(params=0, dropout=1))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
+    model.eval()
+    want = model(x)
+    g_train, g_eval, params, rest = split_model(model)
+    # No nnx Variable anywhere in the state: every jitted call flattens it.
+    is_var = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
+    assert not any(map(is_var, jax.tree.leaves((params, rest), is_leaf=is_var)))
+    assert all(isinstance(v, jax.Array) for v in jax.tree.leaves((params, rest)))
+    np.testing.assert_array_equal(g_eval.merge(params, rest)(x), want)
+    # One train step returns a state of the same structure, so the next call reuses its trace.
+    cfg = config_lib.resolve({"model": name})
+    lr = optim.schedule(cfg, 10.0, 100)
+    tx = optim.optimizer(cfg, lr)
+    state = dict(params=params, rest=rest, opt=tx.init(params), ema=jax.tree.map(jnp.copy, params),
+                 step=jnp.zeros((), jnp.int32))
+    before = jax.tree.structure(state)
+    step = make_train_step(g_train, tx, lr, num_classes=10, label_smoothing=0.1, ema_decay=0.99,
+                           mean=(0.3,), std=(0.3,))
+    batch = {"image": np.zeros((1, 8, 28, 28, 1), np.uint8), "label": np.zeros((1, 8), np.int32)}
+    state, _ = step(state, batch)
+    assert jax.tree.structure(state) == before
+
+
 def test_smoke_run_writes_the_run_directory(tmp_path):
     r = study(tmp_path / "run", *SMOKE)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -101,12 +127,17 @@ def test_smoke_run_writes_the_run_directory(tmp_path):
     train = rows(tmp_path / "run")
     assert [r["step"] for r in train] == list(range(1, 25))
     assert {"loss", "lr", "grad_norm", "clip_fraction"} <= set(train[0])
-    assert len(rows(tmp_path / "run", "eval")) == 3  # steps 10, 20, 24
+    evals = rows(tmp_path / "run", "eval")
+    assert [r["step"] for r in evals] == [10, 20, 24]
+    # The EMA is evaluated once, at the last step: that is the value result.json reports.
+    assert ["ema_top1" in r for r in evals] == [False, False, True]
+    assert result["ema_top1"] == evals[-1]["ema_top1"] and result["top1"] == evals[-1]["top1"]
     # TensorBoard's own reader sees every logged scalar beside metrics.jsonl.
     tb = tensorboard_scalars(tmp_path / "run")
     assert [s for s, _ in tb["train/loss"]] == list(range(1, 25))
     np.testing.assert_allclose([v for _, v in tb["train/loss"]], [r["loss"] for r in train], rtol=1e-6)
     assert [s for s, _ in tb["eval/top1"]] == [10, 20, 24]
+    assert [s for s, _ in tb["eval/ema_top1"]] == [24]
     # Relaunching a finished run trains nothing.
     t = (tmp_path / "run" / "metrics.jsonl").read_text()
     study(tmp_path / "run", *SMOKE)
