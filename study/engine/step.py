@@ -1,7 +1,8 @@
 """The jitted training and evaluation steps, functional over a plain pytree state.
 
-State: ``params`` (nnx.Param), ``rest`` (everything else in the model: dropout RNG streams,
-BatchNorm statistics), ``opt`` (optax state), ``ema`` (EMA of the params) and ``step``.
+State: ``params`` (the nnx.Param values), ``rest`` (everything else in the model: dropout RNG
+streams, BatchNorm statistics), ``opt`` (optax state), ``ema`` (EMA of the params) and ``step``,
+all plain arrays in nested dicts; :class:`Graph` turns params and rest back into the module.
 Gradient accumulation runs ``accum_steps`` micro-batches and averages their gradients
 before AGC sees them, so 4×64 is the 256 batch's gradient exactly
 (for models without batch statistics). Under a data-parallel mesh the batch axis is sharded
