@@ -103,11 +103,15 @@ def make_train_step(
     micro_step = jit(micro, **({} if cache_key is None else {"name": "micro_step"}))
 
     # accum is a constant of the trace: with one micro-batch the division (a pass over every
-    # gradient) vanishes.
+    # gradient) vanishes. The last micro-batch's gradient and the update are one call: a
+    # dispatch fewer per step, and XLA fuses AGC and the optimizer into the backward pass's tail.
     @functools.cache
-    def apply_step_for(accum: int) -> Callable:
-        def apply_step(state, rest, gsum, lsum, csum, examples):
+    def last_step_for(accum: int) -> Callable:
+        def last_step(state, rest, gsum, lsum, csum, x, y, dist, examples):
             params = state["params"]
+            # rest None: the state's own (passing it again would alias a donated buffer).
+            rest = state["rest"] if rest is None else rest
+            rest, gsum, lsum, csum = micro(params, rest, gsum, lsum, csum, x, y, dist)
             grads = gsum if accum == 1 else jax.tree.map(lambda g: g / accum, gsum)
             updates, opt = tx.update(grads, state["opt"], params)
             new_params = optax.apply_updates(params, updates)
@@ -119,8 +123,8 @@ def make_train_step(
             return new_state, metrics
 
         if cache_key is None:
-            return jax.jit(apply_step, donate_argnums=0)
-        return jit(apply_step, name=f"apply_step_accum{accum}", donate=0)
+            return jax.jit(last_step, donate_argnums=0)
+        return jit(last_step, name=f"last_step_accum{accum}", donate=0)
 
     def step(state: dict, batch: dict, sharding: Any = None) -> tuple[dict, dict]:
         """One optimizer step on ``batch`` (host arrays shaped (accum, micro, ...)).
@@ -130,16 +134,19 @@ def make_train_step(
         convolutions inside a while loop about 8× slower (measured: 858 vs 108 ms per step).
         """
         accum = len(batch["image"])  # an array (accum, micro, ...) or a list of micro-batches
-        rest, gsum, lsum, csum = state["rest"], None, None, None
+        # The host's batch is its 1/process_count share of the global one.
+        examples = jnp.float32(jax.process_count() * sum(batch["label"][i].shape[0] for i in range(accum)))
+        rest, gsum, lsum, csum = None, None, None, None
         for i in range(accum):
             x, y = batch["image"][i], batch["label"][i]
             dist = batch["label_dist"][i] if "label_dist" in batch else None
             if sharding is not None:
                 x, y, dist = (put(v, sharding) for v in (x, y, dist))
+            if i == accum - 1:
+                return last_step_for(accum)(state, rest, gsum, lsum, csum, x, y, dist, examples)
+            rest = state["rest"] if rest is None else rest
             rest, gsum, lsum, csum = micro_step(state["params"], rest, gsum, lsum, csum, x, y, dist)
-        # The host's batch is its 1/process_count share of the global one.
-        examples = jax.process_count() * sum(batch["label"][i].shape[0] for i in range(accum))
-        return apply_step_for(accum)(state, rest, gsum, lsum, csum, jnp.float32(examples))
+        raise ValueError("a batch needs at least one micro-batch")
 
     return step
 
