@@ -52,7 +52,7 @@ def test_zip_product_seeds_and_paper_agc_grid():
     assert {(r.config["batch_size"], r.config["accum_steps"]) for r in nf} == {(256, 1), (1024, 4), (4096, 16)}
     assert {r.config["agc"] for r in nf} == {True, False}
     assert {r.config["seed"] for r in g.runs} == {0, 1, 2}
-    assert all(r.config["image_size"] == 14 and r.config["epochs"] == 24
+    assert all(r.config["image_size"] == 14 and r.config["epochs"] == 20
                and r.config["warmup_epochs"] == 5 for r in g.runs)
     assert all(r.config["model"] == "resnet-nano" and r.config["model_overrides"]["zero_init_residual"]
                for r in g.runs if r.label == "bn-resnet")
