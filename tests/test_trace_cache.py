@@ -83,7 +83,7 @@ def test_off_means_plain_jit(monkeypatch):
     assert len(traced) == 1
 
 
-ARGS = ["dataset=synthetic", "synthetic_size=256", "batch_size=32", "accum_steps=2", "steps=4",
+ARGS = ["dataset=synthetic", "synthetic_size=256", "batch_size=32", "accum_steps=4", "steps=4",
         "log_every=1", "eval_every=2", "eval_batch_size=64"]
 
 
@@ -104,7 +104,8 @@ def test_a_later_run_of_the_grid_reuses_the_traces_and_trains_identically(tmp_pa
     off = {**os.environ, "STUDY_JAX_CACHE": "off"}
     log, _ = train(tmp_path / "seed0", 0, on)
     kept = sorted(p.name for p in (tmp_path / "jax-exported").iterdir())
-    # the first micro-batch (no gradient sum yet), the others, the optimizer step, the evaluation
+    # the first micro-batch (no gradient sum yet), the middle ones, the last one fused with the
+    # optimizer step, the evaluation
     assert len(kept) == 4 and "reusing" not in log
     log, cached = train(tmp_path / "seed1", 1, on)  # another seed: the same traces
     assert sorted(p.name for p in (tmp_path / "jax-exported").iterdir()) == kept
