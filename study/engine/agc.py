@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from study.config import AGC_GRANULARITIES
+from study.engine import tree_sum
 
 DIVISION_GUARD = 1e-6
 CLASSIFIER: tuple[str, ...] = ("head/kernel",)
@@ -150,7 +151,7 @@ def adaptive_grad_clip(
         flat_p = jax.tree.leaves(params)
         if len(flat_p) != len(flat_g):
             raise ValueError("agc: updates and params have different structures")
-        out, clipped, units = [], jnp.zeros((), jnp.int32), 0
+        out, triggers, units = [], [], 0
         for (path, g), p in zip(flat_g, flat_p):
             if is_excluded(path_str(path)):
                 out.append(g)
@@ -161,8 +162,9 @@ def adaptive_grad_clip(
             trigger = g_norm > max_norm
             scale = jnp.where(trigger, max_norm / jnp.maximum(g_norm, DIVISION_GUARD), 1.0)
             out.append((g * scale).astype(g.dtype))
-            clipped = clipped + jnp.sum(trigger, dtype=jnp.int32)
+            triggers.append(trigger)
             units += trigger.size
+        clipped = tree_sum.nonneg_total(triggers, jnp.int32)  # one reduction: study.engine.tree_sum
         new_state = AGCState(clipped, jnp.asarray(units, jnp.int32))
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 
