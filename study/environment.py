@@ -14,6 +14,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far, GiB (Linux's ``ru_maxrss`` is in KiB): what a
+    grid file's ``mem_gb`` should declare for a run like it."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 2**20, 2) if sys.platform != "darwin" else round(kib / 2**30, 2)
+
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "pandas",
             "submitit", "study")
 

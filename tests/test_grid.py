@@ -1,5 +1,6 @@
 """Grid files: expansion, identity, malformed files, idempotent local launch, results table."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -389,3 +390,52 @@ def test_a_scale_states_its_runs_memory_and_the_local_launch_fits_it(tmp_path, m
     for bad in ("0", "-2", "true", "lots"):
         with pytest.raises(grid.GridError, match="scales.local.mem_gb"):
             grid.load(write(tmp_path, text.replace("mem_gb: 16", f"mem_gb: {bad}")), "local")
+
+
+def test_blocks_declare_their_memory_and_the_pool_admits_runs_within_it(tmp_path, monkeypatch):
+    """variants: an F6 run beside an F0 fits the machine, beside an F5 it does not. A block's
+    ``mem_gb`` is its runs' (the scale's is the default); the pool starts a run only while the
+    declared memory in flight fits the budget, and a run waiting for memory lets a smaller one by."""
+    from study.grids import launch
+
+    text = GOOD.replace("  - label: bn\n", "  - label: bn\n    mem_gb: 12\n").replace(
+        "  local: {base: {steps: 5}}", "  local: {base: {steps: 5}, mem_gb: 2}")
+    g = grid.load(write(tmp_path, text), "local")
+    assert [(r.label, r.mem_gb) for r in g.runs] == [("nf", 2), ("nf", 2), ("bn", 12)]
+    assert grid.load(write(tmp_path, text), "smoke").runs[2].mem_gb == 12  # the block's, at any scale
+    assert {r.run_id for r in g.runs} == {r.run_id for r in grid.load(write(tmp_path, GOOD), "local").runs}
+    with pytest.raises(grid.GridError, match=r"blocks\[1\]\.mem_gb"):
+        grid.load(write(tmp_path, text.replace("mem_gb: 12", "mem_gb: -1")), "local")
+
+    big = [dataclasses.replace(g.runs[2], mem_gb=12.0, config={**g.runs[2].config, "seed": s})
+           for s in (0, 1)]
+    small = g.runs[0]
+    spawned = []
+
+    class Proc:
+        pid = 0
+
+        def __init__(self):
+            Proc.pid += 1
+            self.pid = Proc.pid
+
+    def spawn(run, root, env, cpus):
+        spawned.append(run)
+        return Proc(), None
+
+    monkeypatch.setattr(launch, "_spawn", spawn)
+    pool = launch._Pool([*big, small], tmp_path, jobs=2, retries=0,
+                        progress=launch.GridProgress(3, "t", lambda *_: None), mem_budget_gb=20.0)
+    pool.fill()
+    assert spawned == [big[0], small]  # the second 12 GiB run would not fit beside the first
+    assert pool.queue == [big[1]]
+    def end(run):  # what reap does for a run that exited
+        pid = next(pid for pid, a in pool.active.items() if a[1] is run)
+        pool.free.append(pool.active.pop(pid)[3])
+
+    end(small)
+    pool.fill()
+    assert len(spawned) == 2  # 12 + 12 > 20: it waits, though a slot is free
+    end(big[0])
+    pool.fill()
+    assert spawned[-1] == big[1]  # alone, any run starts

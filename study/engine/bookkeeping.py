@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from study.engine.checkpoint import Checkpointer
+from study.environment import peak_rss_gb
 from study.record import RunRecord
 from study.status import Status, complete
 
@@ -164,7 +165,7 @@ class Books:
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         result.update(total_steps=self.total, compile_s=self.timer.compile_s,
-                      step_time_ms=self.timer.step_ms(), **who())
+                      step_time_ms=self.timer.step_ms(), peak_rss_gb=peak_rss_gb(), **who())
         if result["status"] == Status.DONE and not complete(result):
             raise RuntimeError(f"final metrics missing: {result}")  # never a bare 'done'
         self.rec.write_result(result)

@@ -102,7 +102,7 @@ def run(workdir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     status and the results table treat it alike. ``steps`` is the number of timed steps (0: 20);
     ``image_size`` 0 means the model's train resolution, as the paper's protocol.
     """
-    from study.environment import environment
+    from study.environment import environment, peak_rss_gb
     from study.record import RunRecord
     from study.status import Status
 
@@ -127,6 +127,7 @@ def run(workdir: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
               "step_time_ms": out["median_step_ms"], "images_per_s": out["images_per_s"],
               "compile_s": out["compile_s"], "steps": steps, "batch": out["batch"],
               "resolution": out["resolution"], "dtype": out["dtype"],
-              "device_kind": out["device_kind"], "device_count": out["device_count"]}
+              "device_kind": out["device_kind"], "device_count": out["device_count"],
+              "peak_rss_gb": peak_rss_gb()}
     rec.write_result(result)
     return result

@@ -15,7 +15,9 @@ outcome the paper reports, then::
     budget: epochs                           # epochs (the paper's) | steps (see BUDGETS)
     scales:                                  # smoke | local | paper overrides
       smoke: {base: {...}, seeds: [0], aggregate: {}, axes: {batch_size: [32, 64]}}
-      local: {mem_gb: 16}                    # one run's peak memory: fewer parallel local runs
+      local: {mem_gb: 16}                    # one run's peak memory: the local launcher starts a
+                                             # run only while the declared memory of the runs
+                                             # in flight fits the machine's
     report:                                  # what the grid feeds in ``study report``
       order: 2                               # its place in the report (then by name)
       section: "Figure 2: adaptive gradient clipping"
@@ -43,7 +45,7 @@ from study.record import RunRecord
 
 SCALES = ("smoke", "local", "paper")
 TOP_KEYS = {"name", "description", "base", "blocks", "seeds", "aggregate", "scales", "report", "budget"}
-BLOCK_KEYS = {"set", "axes", "zip", "label", "seeds"}
+BLOCK_KEYS = {"set", "axes", "zip", "label", "seeds", "mem_gb"}
 SCALE_KEYS = {"base", "seeds", "axes", "blocks", "budget", "aggregate", "mem_gb"}
 # How long each batch size trains. ``epochs``: the paper's protocol, the same epochs (so a
 # larger batch takes fewer optimizer steps). ``steps``: every run takes the optimizer steps
@@ -67,6 +69,9 @@ class Run:
     config: dict[str, Any]  # fully resolved
     label: str  # the block's label, e.g. "nf" or "bn-reference"
     varied: dict[str, Any]  # the block's fixed keys and axis values that distinguish this run
+    # Peak memory of the run, GiB, where its block or scale declares it (not part of its identity:
+    # what it costs to run, not what it computes).
+    mem_gb: float | None = None
 
     @property
     def run_id(self) -> str:
@@ -199,12 +204,20 @@ def _shapes(blocks: list, axis_over: dict[str, list], path: Path) -> list[tuple]
                 raise GridError(f"{where}.zip[{j}]: zipped lists differ in length {sorted(lengths)}")
             groups.append([dict(zip(z, vals)) for vals in zip(*z.values())])
         seeds = _seeds(block["seeds"], f"{where}.seeds") if "seeds" in block else None
+        _mem(block.get("mem_gb"), f"{where}.mem_gb")
         shapes.append((where, block, fixed, axes, groups, seeds))
     return shapes
 
 
+def _mem(value: Any, where: str) -> float | None:
+    """A declared peak memory (GiB > 0), or None where none is declared."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise GridError(f"{where}: expected a number of GiB > 0, got {value!r}")
+    return value
+
+
 def _expand(name: str, scale: str, shapes: list[tuple], base: dict[str, Any], seeds: list[int],
-            check_paths: bool) -> list[Run]:
+            check_paths: bool, mem_gb: float | None = None) -> list[Run]:
     """Pass 2: every run's resolved config; the same config from two blocks is one run."""
     runs: list[Run] = []
     seen: dict[str, Run] = {}
@@ -220,7 +233,8 @@ def _expand(name: str, scale: str, shapes: list[tuple], base: dict[str, Any], se
                     cfg = config_lib.resolve(layer, check_paths=check_paths)
                 except config_lib.ConfigError as e:
                     raise GridError(f"{where}: {e}") from None
-                run = Run(name, scale, cfg, str(block.get("label", i)), varied)
+                run = Run(name, scale, cfg, str(block.get("label", i)), varied,
+                          block.get("mem_gb", mem_gb))
                 if run.run_id in seen:
                     continue  # the same resolved config from two blocks is one run
                 seen[run.run_id] = run
@@ -306,10 +320,8 @@ def load(path: str | Path, scale: str = "local", *, check_paths: bool | None = N
     budget = over.get("budget", spec.get("budget", "epochs"))
     if budget not in BUDGETS:
         raise GridError(f"{path}: budget: unknown {budget!r}; valid: {', '.join(BUDGETS)}")
-    mem_gb = over.get("mem_gb")
-    if mem_gb is not None and (isinstance(mem_gb, bool) or not isinstance(mem_gb, (int, float)) or mem_gb <= 0):
-        raise GridError(f"{path}: scales.{scale}.mem_gb: expected a number of GiB > 0, got {mem_gb!r}")
-    runs = _expand(name, scale, shapes, base, seeds, check_paths)
+    mem_gb = _mem(over.get("mem_gb"), f"{path}: scales.{scale}.mem_gb")
+    runs = _expand(name, scale, shapes, base, seeds, check_paths, mem_gb)
     if budget == "steps":
         runs = _step_budget(runs, path, check_paths)
     return Grid(name, path, scale, runs, aggregate, _header(text), report, mem_gb)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from study.grids.grid import Grid, Run
 from study.grids.progress import GridProgress
@@ -73,15 +73,28 @@ def core_slots(jobs: int) -> list[set[int]] | None:
     return [set(cores[(i * per) % len(cores):(i * per) % len(cores) + per]) for i in range(jobs)]
 
 
-def parallelism(runs: int, mem_per_run_gb: float = 3.0) -> int:
-    """Runs at once: at most one per core, and as many as the available memory holds at
-    ``mem_per_run_gb`` each (a grid file's ``mem_gb``, for models whose compile needs more)."""
-    cores = _cores()
+# A run whose grid declares no ``mem_gb``: the local grids' nano models peak near 1 GiB.
+DEFAULT_MEM_GB = 3.0
+
+
+def available_gb() -> float:
+    """The memory free for new runs now, GiB."""
     try:
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
     except (ValueError, OSError):
-        mem_gb = 8.0
-    return max(1, min(runs, cores, int(mem_gb // mem_per_run_gb)))
+        return 8.0
+
+
+def parallelism(runs: int, mem_per_run_gb: float = DEFAULT_MEM_GB) -> int:
+    """Runs at once: at most one per core, and as many as the available memory holds at
+    ``mem_per_run_gb`` each (the smallest a grid declares; :class:`_Pool` admits each run by
+    its own)."""
+    return max(1, min(runs, _cores(), int(available_gb() // mem_per_run_gb)))
+
+
+def mem(run: Run) -> float:
+    """The run's declared peak memory, GiB (its block's or scale's ``mem_gb``)."""
+    return run.mem_gb or DEFAULT_MEM_GB
 
 
 def cost(run: Run) -> float:
@@ -151,18 +164,20 @@ def order(todo: list[Run]) -> list[Run]:
     return [r for _, r in sorted(zip(rank, todo), key=lambda p: p[0])]
 
 
-def pick(queue: list[Run], started: set[str], measured: dict[str, float]) -> int:
+def pick(queue: list[Run], started: set[str], measured: dict[str, float],
+         fits: Callable[[Run], bool] = lambda run: True) -> int | None:
     """Which queued run starts next, as the grid goes: a shape not yet started first (in
     :func:`order`'s order), then a shape still in flight (its length is unknown), then the longest
     by its first run's measured wall seconds. The estimate of :func:`cost` cannot know that a BN
     step is slower than an NF one or that a run will diverge in a few steps; once a shape has run,
-    its seeds are known, so the grid can end on the short ones and no core idles in a long tail."""
-    keys = [compile_key(r.config) for r in queue]
+    its seeds are known, so the grid can end on the short ones and no core idles in a long tail.
+    Only runs that ``fits`` (the memory left) are candidates; None when none is."""
+    keys = {i: compile_key(r.config) for i, r in enumerate(queue) if fits(r)}
     for want in (lambda k: k not in started, lambda k: k not in measured):
-        for i, k in enumerate(keys):
+        for i, k in keys.items():
             if want(k):
                 return i
-    return max(range(len(queue)), key=lambda i: (measured[keys[i]], -i))
+    return max(keys, key=lambda i: (measured[keys[i]], -i), default=None)
 
 
 def _spawn(run: Run, root: str | Path, env: dict[str, str], cpus: set[int] | None):
@@ -185,8 +200,10 @@ def _record_launch(grid: Grid, root: str | Path, entry: dict[str, Any]) -> None:
 class _Pool:
     """The launcher's running state: the queue, the live trainers, retries and outcomes."""
 
-    def __init__(self, todo: list[Run], root: str | Path, jobs: int, retries: int, progress: GridProgress):
+    def __init__(self, todo: list[Run], root: str | Path, jobs: int, retries: int, progress: GridProgress,
+                 mem_budget_gb: float = float("inf")):
         self.queue, self.root, self.jobs, self.retries, self.progress = list(todo), root, jobs, retries, progress
+        self.mem_budget_gb = mem_budget_gb  # the declared peaks of the runs in flight stay within it
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.slots = core_slots(jobs)
         if self.slots:
@@ -206,9 +223,18 @@ class _Pool:
         for p, *_ in self.active.values():
             p.send_signal(signal.SIGTERM)
 
+    def fits(self, run: Run) -> bool:
+        """Whether ``run``'s declared memory fits beside the runs in flight (alone, any run does:
+        a grid must not stall on a run larger than the machine's free memory)."""
+        used = sum(mem(r) for _, r, *_ in self.active.values())
+        return not self.active or used + mem(run) <= self.mem_budget_gb
+
     def fill(self) -> None:
         while self.queue and len(self.active) < self.jobs and not self.interrupted:
-            run = self.queue.pop(pick(self.queue, self.started, self.measured))
+            i = pick(self.queue, self.started, self.measured, self.fits)
+            if i is None:
+                return  # the next run waits for memory
+            run = self.queue.pop(i)
             slot = self.free.pop(0)
             self.started.add(compile_key(run.config))
             fresh = run.record(self.root).last_checkpoint() is None  # a resumed run's time is partial
@@ -259,9 +285,12 @@ def run_local(grid: Grid, root: str | Path, *, jobs: int | None = None, retries:
     if not todo:
         log(f"{grid.name}/{grid.scale}: all {len(grid.runs)} runs finished or running; nothing to train")
         return {"trained": 0, "skipped": skipped, "failed_runs": [], "interrupted": False}
-    jobs = jobs or parallelism(len(todo), *([grid.mem_gb] if grid.mem_gb else []))
-    log(f"{grid.name}/{grid.scale}: {len(todo)} to train ({skipped} finished), {jobs} at a time")
-    pool = _Pool(todo, root, jobs, retries, GridProgress(len(todo), f"{grid.name}/{grid.scale}", log))
+    budget = available_gb()
+    jobs = jobs or parallelism(len(todo), min(mem(r) for r in todo))
+    lo, hi = min(mem(r) for r in todo), max(mem(r) for r in todo)
+    log(f"{grid.name}/{grid.scale}: {len(todo)} to train ({skipped} finished), up to {jobs} at a time"
+        + (f" within {budget:.1f} GiB free ({lo:g}-{hi:g} GiB declared per run)" if lo != hi else ""))
+    pool = _Pool(todo, root, jobs, retries, GridProgress(len(todo), f"{grid.name}/{grid.scale}", log), budget)
     pool.measured = measured_on_disk(grid, root)
     pool.started = set(pool.measured)
     old = {sig: signal.signal(sig, pool.stop) for sig in STOP_SIGNALS}
