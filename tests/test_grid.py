@@ -375,7 +375,7 @@ def test_a_scale_states_its_runs_memory_and_the_local_launch_fits_it(tmp_path, m
     path = write(tmp_path, text)
     assert grid.load(path, "local").mem_gb == 16 and grid.load(path, "smoke").mem_gb is None
     monkeypatch.setattr(launch, "_cores", lambda: 2)
-    monkeypatch.setattr(launch.os, "sysconf", lambda name: 2**30 if name == "SC_PAGE_SIZE" else 21)  # 21 GiB free
+    monkeypatch.setattr(launch, "available_gb", lambda: 21.0)
     assert launch.parallelism(5) == 2 and launch.parallelism(5, 16) == 1
     class Launched(Exception):
         pass

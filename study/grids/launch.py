@@ -78,7 +78,14 @@ DEFAULT_MEM_GB = 3.0
 
 
 def available_gb() -> float:
-    """The memory free for new runs now, GiB."""
+    """The memory free for new runs now, GiB: the kernel's MemAvailable, which counts the page
+    cache it can drop (free pages alone read 16.6 of 22 GiB after a grid had read its data)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**30
     except (ValueError, OSError):
