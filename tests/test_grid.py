@@ -392,6 +392,16 @@ def test_a_scale_states_its_runs_memory_and_the_local_launch_fits_it(tmp_path, m
             grid.load(write(tmp_path, text.replace("mem_gb: 16", f"mem_gb: {bad}")), "local")
 
 
+def test_available_memory_counts_the_page_cache_the_kernel_can_drop(tmp_path):
+    from study.grids import launch
+
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24684544 kB\nMemFree:        17408000 kB\n"
+                    "MemAvailable:   23068672 kB\nBuffers:          1024 kB\n")
+    assert launch.available_gb(info) == 22.0  # MemAvailable, not MemFree's 16.6
+    assert launch.available_gb(tmp_path / "missing") > 0  # elsewhere: the free pages
+
+
 def test_blocks_declare_their_memory_and_the_pool_admits_runs_within_it(tmp_path, monkeypatch):
     """variants: an F6 run beside an F0 fits the machine, beside an F5 it does not. A block's
     ``mem_gb`` is its runs' (the scale's is the default); the pool starts a run only while the

@@ -77,11 +77,11 @@ def core_slots(jobs: int) -> list[set[int]] | None:
 DEFAULT_MEM_GB = 3.0
 
 
-def available_gb() -> float:
+def available_gb(meminfo: Path = Path("/proc/meminfo")) -> float:
     """The memory free for new runs now, GiB: the kernel's MemAvailable, which counts the page
     cache it can drop (free pages alone read 16.6 of 22 GiB after a grid had read its data)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) / 2**20
     except (OSError, ValueError, IndexError):
