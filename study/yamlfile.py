@@ -1,8 +1,11 @@
 """YAML as every file of the project is read: PyYAML's safe loader, where a repeated key in a
-mapping is an error instead of silently the last one (``epochs: 2`` ... ``epochs: 3``)."""
+mapping is an error instead of silently the last one (``epochs: 2`` ... ``epochs: 3``), and a
+number in exponent form without a dot (``2e-05``, as JSON and Python write it, so a run's own
+config.json loads back) is a float as in YAML 1.2, not PyYAML's YAML 1.1 string."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -38,6 +41,10 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+# YAML 1.2's exponent floats that YAML 1.1's pattern misses (it wants a dot: 2.0e-05).
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def load(text: str) -> Any:

@@ -42,3 +42,14 @@ def test_every_choice_list_is_declared_once():
 
     with pytest.raises(ValueError, match="valid: unit, layer"):
         agc.adaptive_grad_clip(0.01, granularity="tensor")
+
+
+def test_a_runs_own_config_json_loads_back_as_a_config_file(tmp_path):
+    # JSON and Python write 2e-05 without a dot; YAML 1.1 (PyYAML) would read it as a string.
+    import json
+
+    cfg = config_lib.resolve({"weight_decay": 2e-05, "base_lr": 1e-3})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert config_lib.load_file(path)["weight_decay"] == 2e-05
+    assert config_lib.resolve(config_lib.load_file(path)) == cfg
