@@ -177,16 +177,19 @@ def test_weight_standardization_gradients_equal_the_textbook_formula(style):
     ((2, 2, 2, 16), 3, 1, "same", 2, "patch"),        # split groups, each a patch matmul
     ((4, 6, 6, 12), 3, 1, "same", 3, "conv"),         # split groups, each an XLA conv
     ((4, 6, 6, 8), 3, 1, "same", 8, "conv"),          # depthwise-like: XLA's grouped conv
+    ((4, 5, 5, 8), 1, 1, "same", 1, "pointwise"),     # 1×1: a matmul over the pixels
+    ((4, 7, 7, 8), 1, 2, "same", 1, "pointwise"),     # strided, odd map: every other pixel
+    ((4, 6, 6, 8), 1, 2, "symmetric", 1, "pointwise"),
 ])
 def test_cpu_conv_rewrites_equal_xla_convolution(x_shape, k, stride, padding, groups, path, monkeypatch):
-    # ws_conv rewrites slow XLA:CPU conv cases (patch matmul, whole-map matmul, per-group
-    # split): same numbers and same gradients as the plain grouped convolution.
+    # ws_conv rewrites slow XLA:CPU conv cases (1×1 as a pixel matmul, patch matmul, whole-map
+    # matmul, per-group split): same numbers and same gradients as the plain grouped convolution.
     rng = np.random.default_rng(0)
     cin = x_shape[-1]
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=(k, k, cin // groups, 2 * groups)), jnp.float32)
     taken = []
-    for name in ("patch", "map"):
+    for name in ("patch", "map", "pointwise"):
         f = getattr(ws_conv, f"_{name}_matmul")
         monkeypatch.setattr(ws_conv, f"_{name}_matmul",
                             lambda *a, f=f, name=name: taken.append(name) or f(*a))

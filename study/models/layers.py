@@ -48,15 +48,18 @@ class StochasticDepth(nnx.Module):
         self.deterministic = False
         self.rngs = rngs["dropout"].fork() if rate > 0 else nnx.data(None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def mask(self, x: jax.Array) -> jax.Array | None:
+        """The per-example factor (N, 1, …) this call multiplies ``x`` by; None at eval."""
         if self.deterministic or self.rate == 0.0:
-            return x
+            return None
         keep = 1.0 - self.rate
         r = jax.random.uniform(self.rngs(), (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
         mask = jnp.floor(keep + r)
-        if self.scale_by_keep:
-            x = x / keep
-        return x * mask
+        return mask / keep if self.scale_by_keep else mask
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mask = self.mask(x)
+        return x if mask is None else x * mask
 
 
 def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
