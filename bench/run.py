@@ -31,14 +31,16 @@ def plans() -> dict[str, list[tuple[Any, float]]]:
     full = [
         # The local grids' own steps first: their models at 14 px, batch 256 and 1024 (the
         # micro-batch of 4096), with and without AGC.
-        (C("nf-resnet-nano", LOCAL, 256, ("eager", "compile"), steps=3, rounds=7, agc_off=True,
-           data_wait_steps=30), 150),
-        (C("nf-resnet-nano", LOCAL, 1024, ("eager",), steps=1, rounds=7, agc_off=True), 100),
+        # A round is at least ~0.15 s of each side: with 3 steps of 16 ms (0.05 s) the AGC
+        # overhead read +11.5% where 10-step rounds read +3.6% (bench/analysis.md item 14).
+        (C("nf-resnet-nano", LOCAL, 256, ("eager", "compile"), steps=10, rounds=7, agc_off=True,
+           data_wait_steps=30), 160),
+        (C("nf-resnet-nano", LOCAL, 1024, ("eager",), steps=2, rounds=7, agc_off=True), 100),
         # torch.compile of nfnet-nano did not finish in 240 s here (BENCHMARKS.md): eager only.
-        (C("nfnet-nano", LOCAL, 256, ("eager",), steps=2, rounds=7, agc_off=True), 120),
-        # ~1 s steps: more rounds, or one slow round decides the AGC overhead.
-        (C("nf-resnet-50", SMALL, 32, ("eager",), steps=2, rounds=7, agc_off=True), 150),
-        (C("nfnet-f0", SMALL, 32, ("eager",), steps=1, rounds=7, agc_off=True), 200),
+        (C("nfnet-nano", LOCAL, 256, ("eager",), steps=4, rounds=7, agc_off=True), 120),
+        # ~0.3-0.6 s steps: more rounds, or one slow round decides the AGC overhead.
+        (C("nf-resnet-50", SMALL, 32, ("eager",), steps=2, rounds=9, agc_off=True), 170),
+        (C("nfnet-f0", SMALL, 32, ("eager",), steps=1, rounds=9, agc_off=True), 220),
     ]
     return {"quick": quick, "full": full}
 
