@@ -102,13 +102,14 @@ def hlo_classes(text: str) -> dict[str, str]:
             for name, op, callee, files in entries}
 
 
-def side(model: str, batch: int, resolution: int, steps: int, agc: bool, work: Path) -> dict[str, Any]:
+def side(model: str, batch: int, resolution: int, steps: int, agc: bool, work: Path,
+         convention: str = "timm") -> dict[str, Any]:
     """One process's profile (runs in a child: ``--side``)."""
     import jax
 
     from study.engine import latency
 
-    p = latency.prepare(model, batch=batch, resolution=resolution, agc=agc)
+    p = latency.prepare(model, batch=batch, resolution=resolution, agc=agc, convention=convention)
     p.run(3)
     trace = work / "trace"
     with jax.profiler.trace(str(trace), create_perfetto_trace=True):
@@ -140,11 +141,13 @@ def main() -> None:
     ap.add_argument("batch", type=int)
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--convention", default="timm", choices=("timm", "deepmind"),
+                    help="the network's convention (default timm: the network make bench times)")
     ap.add_argument("--side", choices=("on", "off"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
-        out = side(a.model, a.batch, a.resolution, a.steps, a.side == "on", a.work)
+        out = side(a.model, a.batch, a.resolution, a.steps, a.side == "on", a.work, a.convention)
         (a.work / "side.json").write_text(json.dumps(out))
         return
     results = {}
@@ -155,7 +158,8 @@ def main() -> None:
                 os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={work / 'dump'}", "--xla_dump_hlo_as_text",
                 "--xla_dump_hlo_module_re=.*last_step.*", "--xla_cpu_enable_xprof_traceme=true"])))
             subprocess.run([sys.executable, "-m", "bench.profile_step", a.model, str(a.batch), "--resolution",
-                            str(a.resolution), "--steps", str(a.steps), "--side", s, "--work", str(work)],
+                            str(a.resolution), "--steps", str(a.steps), "--convention", a.convention,
+                            "--side", s, "--work", str(work)],
                            env=env, check=True)
             results[s] = json.loads((work / "side.json").read_text())
     on, off = results["on"], results["off"]

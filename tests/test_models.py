@@ -1,5 +1,7 @@
 """Model zoo: Table 3 structure, registry API, NF ingredients, signal propagation, training."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from flax import nnx
 
 from study import models
 from study.analysis import published
-from study.models.activations import GAMMA, activation
+from study.models.activations import GAMMA, activation, gelu_erf
 from study.models.nfnet import block_betas, expected_variances
 from study.models import ws_conv
 from study.models.layers import pool_pads
@@ -124,6 +126,23 @@ def test_activation_gammas_preserve_unit_second_moment():
     assert GAMMA["gelu"] == 1.7015043497085571
     with pytest.raises(ValueError, match="glu"):
         activation("glu")
+
+
+def test_exact_gelu_is_the_erf_form_to_float32_rounding():
+    # gelu_erf is PyTorch's formula; checked against float64 erfc (accurate in both tails),
+    # value and derivative, and against jax.nn.gelu's own exact form. Absolute tolerance:
+    # in the left tail 1 + erf cancels (relative error > 1e-3 below x = -3.8).
+    x = np.linspace(-12, 12, 48_001, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    ref = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x64])
+    dref = np.array([0.5 * math.erfc(-v / math.sqrt(2)) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                     for v in x64])
+    got = np.asarray(gelu_erf(jnp.asarray(x)), np.float64)
+    dgot = np.asarray(jax.vmap(jax.grad(gelu_erf))(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dgot, dref, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(got, np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=False)), atol=2e-6)
+    assert activation("gelu", gelu_approximate=False, gamma=False) is gelu_erf
 
 
 def test_weight_standardization_conventions():

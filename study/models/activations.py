@@ -47,6 +47,19 @@ _FN: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
 }
 
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as PyTorch computes it: x · (1 + erf(x/√2)) / 2.
+
+    ``jax.nn.gelu(approximate=False)`` writes it through erfc, which XLA expands into three
+    polynomials, two divisions and an exp, all evaluated for every element: on a 2-core Intel
+    Xeon nfnet-nano's train step (timm convention, batch 256, 14 px) took 52.9 ms with it and
+    45.6 ms with this form (interleaved in one process). In the left tail 1 + erf cancels, so
+    below x = -3.8 (|GELU| < 3e-4) the relative error passes 1e-3, as in PyTorch; the absolute
+    error stays under 1e-6 everywhere.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 # glu halves the channel axis, so it cannot be a drop-in block activation.
 NAMES: tuple[str, ...] = tuple(sorted(n for n in GAMMA if n != "glu"))
 
@@ -57,12 +70,12 @@ def activation(
     """Returns ``x -> γ·act(x)`` (or the bare ``act`` when ``gamma=False``).
 
     ``gelu_approximate=True`` is DeepMind's ``jax.nn.gelu`` (tanh form); timm's weights were
-    trained with the exact erf form, so weight parity with timm needs ``False``.
+    trained with the exact erf form, so weight parity with timm needs ``False`` (:func:`gelu_erf`).
     """
     if name not in NAMES:
         raise ValueError(f"activation: unknown {name!r}; valid: {', '.join(NAMES)}")
     if name == "gelu":
-        fn = lambda x: jax.nn.gelu(x, approximate=gelu_approximate)  # noqa: E731
+        fn = (lambda x: jax.nn.gelu(x, approximate=True)) if gelu_approximate else gelu_erf  # noqa: E731
     else:
         fn = _FN[name]
     if not gamma or GAMMA[name] == 1.0:
