@@ -233,3 +233,24 @@ def test_a_fresh_results_table_written_from_another_directory_finds_its_runs(tmp
     df = report._fresh_parquet(g, tmp_path / "runs")
     assert df is not None and len(df) == len(g.runs)
     assert all((Path(d) / "metrics.jsonl").exists() for d in df["dir"])
+
+
+def test_a_figure_saved_twice_gives_the_same_bytes(tmp_path):
+    # A regenerated report's diff shows only figures whose content changed: no date, fixed ids.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw(y):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], y, label="a")
+        ax.legend()
+        return fig
+
+    for i, y in enumerate(([0, 1, 0], [0, 1, 0], [0, 2, 0])):
+        report._save(draw(y), tmp_path / str(i), "fig")
+    svg = [(tmp_path / str(i) / "figures" / "fig.svg").read_bytes() for i in range(3)]
+    png = [(tmp_path / str(i) / "figures" / "fig.png").read_bytes() for i in range(3)]
+    assert svg[0] == svg[1] and png[0] == png[1]
+    assert svg[2] != svg[0] and png[2] != png[0]  # a changed figure still shows as changed

@@ -143,7 +143,10 @@ def _save(fig, out: Path, name: str) -> str:
 
     (out / "figures").mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "figures" / f"{name}.png", dpi=110, bbox_inches="tight")
-    fig.savefig(out / "figures" / f"{name}.svg", bbox_inches="tight")
+    # No date and a fixed id salt: the same figure gives the same SVG bytes, so a regenerated
+    # report's diff shows only figures whose content changed (PNGs are already stable).
+    with plt.rc_context({"svg.hashsalt": name}):
+        fig.savefig(out / "figures" / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return f"figures/{name}.png"
 
